@@ -1,0 +1,677 @@
+//! Command line and environment, parsed once into validated types.
+//!
+//! Every flag has an environment fallback (12-factor) and a doc comment that becomes `--help`.
+//! [`Cli::parse_validated`] turns the raw strings into [`ServeConfig`], [`DemoConfig`] or
+//! [`VerdictConfig`]; nothing downstream sees an unvalidated value. Errors name the flag and exit 2.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::rollout::Thresholds;
+
+/// Exporter default port. The Prometheus port registry (9100-9999) is full; 9864 is not used by any
+/// widely deployed exporter we know of. Change it with `--listen`.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9864";
+
+/// Turns the Assignment Pipeline V3 `observability_events` table into Prometheus metrics and a
+/// go/no-go rollout gate.
+#[derive(Debug, Parser)]
+#[command(name = "rollout-exporter", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format: `text` or `json`. The level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Follow the events table in PostgreSQL and serve /metrics, /gate and /verdict.
+    Serve(ServeArgs),
+    /// Serve simulated coordinator traffic through the same aggregation (no database needed).
+    Demo(DemoArgs),
+    /// Compute the soak verdict directly in SQL, print the evidence, exit 0 go, 1 no_go, 3 pending.
+    Verdict(VerdictArgs),
+}
+
+/// Where the database is and how the events table is shaped.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://exporter@db:6543/app?sslmode=verify-full. Never logged.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// File holding the PostgreSQL URL (a mounted secret); used when --database-url is not given.
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+    /// Events table, optionally schema-qualified.
+    #[arg(long, env = "EXPORTER_TABLE", default_value = "observability_events")]
+    pub table: String,
+    /// Value of the source column that marks coordinator events.
+    #[arg(long, env = "EXPORTER_SOURCE", default_value = "assignment.coordinator")]
+    pub source: String,
+    /// Primary-key column (uuid or bigint; treated as opaque text).
+    #[arg(long, env = "EXPORTER_ID_COLUMN", default_value = "id")]
+    pub id_column: String,
+    /// Source column.
+    #[arg(long, env = "EXPORTER_SOURCE_COLUMN", default_value = "source")]
+    pub source_column: String,
+    /// Event-type column.
+    #[arg(long, env = "EXPORTER_EVENT_TYPE_COLUMN", default_value = "event_type")]
+    pub event_type_column: String,
+    /// JSON context column (reason and booking_id are read from it).
+    #[arg(long, env = "EXPORTER_CONTEXT_COLUMN", default_value = "context")]
+    pub context_column: String,
+    /// Creation-time column (timestamptz).
+    #[arg(long, env = "EXPORTER_CREATED_AT_COLUMN", default_value = "created_at")]
+    pub created_at_column: String,
+    /// Per-statement timeout, applied with SET LOCAL inside each transaction (the start-up load gets 10x).
+    #[arg(long, env = "STATEMENT_TIMEOUT", default_value = "10s")]
+    pub statement_timeout: String,
+    /// Deadline for connecting and for acquiring a connection.
+    #[arg(long, env = "CONNECT_TIMEOUT", default_value = "5s")]
+    pub connect_timeout: String,
+    /// Count only rows created at or after this time (RFC 3339). Use it when a retention job deletes
+    /// old rows, so a restart does not seed a lower counter.
+    #[arg(long, env = "COUNT_SINCE")]
+    pub count_since: Option<String>,
+}
+
+/// The rollout: flags, phase and gate.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// dotenv file with the FEATURE_ASSIGNMENT_PIPELINE_V3* flags (as `vercel env pull` writes it);
+    /// without it the exporter's own environment is read. Re-read on change and on SIGHUP.
+    #[arg(long, env = "FLAGS_FILE")]
+    pub flags_file: Option<PathBuf>,
+    /// Environment name shown in the verdict and the landing page (metrics get it from target labels).
+    #[arg(long, env = "ROLLOUT_ENVIRONMENT", default_value = "unknown")]
+    pub environment: String,
+    /// When the active phase began (RFC 3339); default: when this exporter saw it begin.
+    #[arg(long, env = "PHASE_STARTED_AT")]
+    pub phase_started_at: Option<String>,
+    /// Minimum coordinator success ratio over the soak window (passes at or above).
+    #[arg(long, env = "GATE_MIN_SUCCESS_RATIO", default_value = "0.97")]
+    pub min_success_ratio: String,
+    /// Manual-review ratio over the soak window must stay strictly below this.
+    #[arg(long, env = "GATE_MAX_MANUAL_REVIEW_RATIO", default_value = "0.01")]
+    pub max_manual_review_ratio: String,
+    /// Fewer coordinator.start events than this in the soak window gives `pending`.
+    #[arg(long, env = "GATE_MIN_STARTS", default_value = "100")]
+    pub min_starts: String,
+    /// The coordinator counts as active when an event arrived within this (also the shadow-leak window).
+    #[arg(long, env = "ACTIVE_WITHIN", default_value = "10m")]
+    pub active_within: String,
+    /// A coordinator.circuit_open event holds the circuit gauge at 1 for this long.
+    #[arg(long, env = "CIRCUIT_HOLD", default_value = "5m")]
+    pub circuit_hold: String,
+}
+
+/// Options shared by `serve` and `demo`.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Listen address of the HTTP server.
+    #[arg(long, env = "LISTEN_ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Windows of the window gauges and ratios (humantime list); the soak window is always added.
+    #[arg(long, env = "EXPORTER_WINDOWS", default_value = "1h,6h,48h")]
+    pub windows: String,
+    /// Soak window of the gate.
+    #[arg(long, env = "SOAK_WINDOW", default_value = "48h")]
+    pub soak: String,
+    /// Reasons per event type that keep their own label; the rest become reason="other".
+    #[arg(long, env = "EXPORTER_REASON_CAP", default_value = "50")]
+    pub reason_cap: String,
+    /// Event types that keep their own label; the rest become event_type="other".
+    #[arg(long, env = "EXPORTER_EVENT_TYPE_CAP", default_value = "50")]
+    pub event_type_cap: String,
+    /// A started booking without an outcome after this is stuck.
+    #[arg(long, env = "STUCK_AFTER", default_value = "15m")]
+    pub stuck_after: String,
+    /// Memory bound of the booking state machine.
+    #[arg(long, env = "MAX_TRACKED_BOOKINGS", default_value = "100000")]
+    pub max_tracked_bookings: String,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Time between polls.
+    #[arg(long, env = "POLL_INTERVAL", default_value = "5s")]
+    pub poll_interval: String,
+    /// Margin each poll re-reads below the previous poll's time, to count late commits exactly once.
+    #[arg(long, env = "POLL_OVERLAP", default_value = "2m")]
+    pub overlap: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Simulated traffic: `healthy` or `degraded`.
+    #[arg(long, env = "DEMO_SCENARIO", value_enum, default_value = "healthy")]
+    pub scenario: Scenario,
+    /// Bookings per second the simulator starts.
+    #[arg(long, env = "DEMO_RATE", default_value = "20")]
+    pub rate: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerdictArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Soak window to judge.
+    #[arg(long, env = "SOAK_WINDOW", default_value = "48h")]
+    pub window: String,
+    /// Output: `markdown` (for the verification record) or `json`.
+    #[arg(long, value_enum, default_value = "markdown")]
+    pub format: VerdictFormat,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    Healthy,
+    Degraded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerdictFormat {
+    Markdown,
+    Json,
+}
+
+/// A configuration error: the flag and what is wrong with it. Printed as one line, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value for {flag}: {message}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub message: String,
+}
+
+fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { flag, message: message.into() }
+}
+
+/// A database URL whose password cannot be printed by accident: `Debug` and `Display` redact it.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL with its secret, for the connector only.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with the password (and any `password=` parameter) replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Redacts `user:password@` and `password=...` from a connection string, whatever its shape.
+pub fn redact_url(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let (head, query) = match raw.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (raw, None),
+    };
+    match (head.find("://"), head.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &head[scheme_end + 3..at];
+            out.push_str(&head[..scheme_end + 3]);
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&head[at..]);
+        }
+        _ => out.push_str(head),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        let parts: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push_str(&parts.join("&"));
+    }
+    out
+}
+
+/// Connection parameters sqlx understands. Anything else is refused up front: sqlx would log an
+/// unknown parameter together with its value, which may be a secret.
+const KNOWN_URL_PARAMS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Names of the events table and its columns, validated as SQL identifiers and quoted once.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub table: String,
+    pub id: String,
+    pub source_column: String,
+    pub event_type: String,
+    pub context: String,
+    pub created_at: String,
+    /// The source value to count (bound as a parameter, never spliced into SQL).
+    pub source: String,
+}
+
+/// Database settings shared by `serve` and `verdict`.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: DatabaseUrl,
+    pub spec: TableSpec,
+    pub statement_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Unix microseconds; rows created before it are not counted.
+    pub count_since_us: Option<i64>,
+}
+
+/// A window of the window gauges: its label as written and its length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub label: String,
+    pub seconds: u64,
+}
+
+/// Rollout settings shared by every command.
+#[derive(Debug, Clone)]
+pub struct RolloutConfig {
+    pub flags_file: Option<PathBuf>,
+    pub environment: String,
+    /// Unix seconds.
+    pub phase_started_at: Option<f64>,
+    pub thresholds: Thresholds,
+    pub soak: Window,
+    pub active_within: Duration,
+    pub circuit_hold: Duration,
+}
+
+/// What the tally needs, for `serve` and `demo` alike.
+#[derive(Debug, Clone)]
+pub struct TallyConfig {
+    /// Sorted by length, soak window included, no duplicates.
+    pub windows: Vec<Window>,
+    pub reason_cap: usize,
+    pub event_type_cap: usize,
+    pub stuck_after: Duration,
+    pub max_tracked_bookings: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub db: DatabaseConfig,
+    pub poll_interval: Duration,
+    pub overlap: Duration,
+    pub tally: TallyConfig,
+    pub rollout: RolloutConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub listen: SocketAddr,
+    pub scenario: Scenario,
+    pub rate: u32,
+    pub tally: TallyConfig,
+    pub rollout: RolloutConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerdictConfig {
+    pub db: DatabaseConfig,
+    pub format: VerdictFormat,
+    pub rollout: RolloutConfig,
+}
+
+/// A validated command: what `main` dispatches on.
+#[derive(Debug)]
+pub enum Validated {
+    Serve(ServeConfig),
+    Demo(DemoConfig),
+    Verdict(VerdictConfig),
+}
+
+pub fn parse_duration(flag: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(raw.trim())
+        .map_err(|e| bad(flag, format!("{raw:?} is not a duration like 5s, 2m or 48h ({e})")))?;
+    Ok(d)
+}
+
+fn positive_duration(flag: &'static str, raw: &str) -> Result<Duration, ConfigError> {
+    let d = parse_duration(flag, raw)?;
+    if d.is_zero() {
+        return Err(bad(flag, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn window(flag: &'static str, raw: &str) -> Result<Window, ConfigError> {
+    let label = raw.trim().to_string();
+    let d = positive_duration(flag, &label)?;
+    if d.as_secs() < 60 || d.subsec_nanos() != 0 || d.as_secs() % 60 != 0 {
+        return Err(bad(flag, format!("{label:?}: windows are whole minutes, at least 1m")));
+    }
+    if d.as_secs() > 90 * 86_400 {
+        return Err(bad(flag, format!("{label:?}: windows are at most 90 days")));
+    }
+    Ok(Window { label, seconds: d.as_secs() })
+}
+
+fn parse_num<T: FromStr>(flag: &'static str, raw: &str, what: &str) -> Result<T, ConfigError> {
+    raw.trim().parse::<T>().map_err(|_| bad(flag, format!("{raw:?} is not {what}")))
+}
+
+/// RFC 3339 to Unix microseconds, without a date-time dependency: humantime parses RFC 3339 in UTC
+/// (`Z`); numeric offsets are applied here.
+pub fn parse_rfc3339_us(flag: &'static str, raw: &str) -> Result<i64, ConfigError> {
+    let s = raw.trim();
+    let err = || bad(flag, format!("{raw:?} is not an RFC 3339 time like 2026-11-13T09:32:00Z"));
+    // Split a trailing offset (+hh:mm / -hh:mm) from the date-time.
+    let (base, offset_secs): (String, i64) = if s.ends_with('Z') || s.ends_with('z') {
+        (format!("{}Z", &s[..s.len() - 1]), 0)
+    } else if s.len() > 6 {
+        let (b, off) = s.split_at(s.len() - 6);
+        let ob = off.as_bytes();
+        if (ob[0] == b'+' || ob[0] == b'-') && ob[3] == b':' {
+            let h: i64 = off[1..3].parse().map_err(|_| err())?;
+            let m: i64 = off[4..6].parse().map_err(|_| err())?;
+            let sign = if ob[0] == b'+' { 1 } else { -1 };
+            (format!("{b}Z"), sign * (h * 3600 + m * 60))
+        } else {
+            return Err(err());
+        }
+    } else {
+        return Err(err());
+    };
+    let t = humantime::parse_rfc3339_weak(&base).map_err(|_| err())?;
+    let since = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| err())?;
+    let us = i64::try_from(since.as_micros()).map_err(|_| err())?;
+    Ok(us - offset_secs * 1_000_000)
+}
+
+fn database_url(args: &DatabaseArgs) -> Result<DatabaseUrl, ConfigError> {
+    let raw = match (&args.database_url, &args.database_url_file) {
+        (Some(url), _) if !url.trim().is_empty() => url.trim().to_string(),
+        (_, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| bad("--database-url-file", format!("cannot read {}: {e}", path.display())))?
+            .trim()
+            .to_string(),
+        _ => return Err(bad("--database-url", "required (or --database-url-file / DATABASE_URL / DATABASE_URL_FILE)")),
+    };
+    let url = DatabaseUrl(raw);
+    let s = url.expose_secret();
+    if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+        return Err(bad("--database-url", format!("{} must start with postgres:// or postgresql://", url.redacted())));
+    }
+    if let Some((_, query)) = s.split_once('?') {
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+            let known = KNOWN_URL_PARAMS.contains(&key) || key.starts_with("options[");
+            if !known {
+                return Err(bad("--database-url", format!("unknown connection parameter {key:?}")));
+            }
+        }
+    }
+    Ok(url)
+}
+
+/// Rejects identifiers that are not plain SQL names; returns them double-quoted.
+fn ident(flag: &'static str, raw: &str, qualified: bool) -> Result<String, ConfigError> {
+    let parts: Vec<&str> = if qualified { raw.split('.').collect() } else { vec![raw] };
+    if parts.len() > 2 {
+        return Err(bad(flag, format!("{raw:?} has too many dots (schema.table at most)")));
+    }
+    let mut quoted = Vec::new();
+    for part in parts {
+        let ok = !part.is_empty()
+            && part.len() <= 63
+            && part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+        if !ok {
+            return Err(bad(flag, format!("{raw:?} is not a plain SQL identifier (letters, digits, _)")));
+        }
+        quoted.push(format!("\"{part}\""));
+    }
+    Ok(quoted.join("."))
+}
+
+impl DatabaseArgs {
+    fn validate(&self) -> Result<DatabaseConfig, ConfigError> {
+        let spec = TableSpec {
+            table: ident("--table", &self.table, true)?,
+            id: ident("--id-column", &self.id_column, false)?,
+            source_column: ident("--source-column", &self.source_column, false)?,
+            event_type: ident("--event-type-column", &self.event_type_column, false)?,
+            context: ident("--context-column", &self.context_column, false)?,
+            created_at: ident("--created-at-column", &self.created_at_column, false)?,
+            source: self.source.clone(),
+        };
+        let statement_timeout = positive_duration("--statement-timeout", &self.statement_timeout)?;
+        if statement_timeout < Duration::from_millis(1) {
+            return Err(bad("--statement-timeout", "must be at least 1ms"));
+        }
+        Ok(DatabaseConfig {
+            url: database_url(self)?,
+            spec,
+            statement_timeout,
+            connect_timeout: positive_duration("--connect-timeout", &self.connect_timeout)?,
+            count_since_us: self.count_since.as_deref().map(|s| parse_rfc3339_us("--count-since", s)).transpose()?,
+        })
+    }
+}
+
+impl RolloutArgs {
+    fn validate(&self, soak: Window) -> Result<RolloutConfig, ConfigError> {
+        let min_success: f64 = parse_num("--min-success-ratio", &self.min_success_ratio, "a ratio")?;
+        if !(0.0..=1.0).contains(&min_success) {
+            return Err(bad("--min-success-ratio", "must be between 0 and 1"));
+        }
+        let max_manual: f64 = parse_num("--max-manual-review-ratio", &self.max_manual_review_ratio, "a ratio")?;
+        if !(0.0..=1.0).contains(&max_manual) {
+            return Err(bad("--max-manual-review-ratio", "must be between 0 and 1"));
+        }
+        let min_starts: u64 = parse_num("--min-starts", &self.min_starts, "a whole number")?;
+        if let Some(path) = &self.flags_file {
+            if path.as_os_str().is_empty() {
+                return Err(bad("--flags-file", "empty path"));
+            }
+        }
+        if self.environment.trim().is_empty() || self.environment.len() > 64 {
+            return Err(bad("--environment", "must be 1 to 64 characters"));
+        }
+        Ok(RolloutConfig {
+            flags_file: self.flags_file.clone(),
+            environment: self.environment.trim().to_string(),
+            phase_started_at: self
+                .phase_started_at
+                .as_deref()
+                .map(|s| parse_rfc3339_us("--phase-started-at", s).map(|us| us as f64 / 1e6))
+                .transpose()?,
+            thresholds: Thresholds { min_success_ratio: min_success, max_manual_review_ratio: max_manual, min_starts },
+            soak,
+            active_within: positive_duration("--active-within", &self.active_within)?,
+            circuit_hold: positive_duration("--circuit-hold", &self.circuit_hold)?,
+        })
+    }
+}
+
+impl CommonArgs {
+    fn validate(&self) -> Result<(SocketAddr, TallyConfig, RolloutConfig), ConfigError> {
+        let listen: SocketAddr = self
+            .listen
+            .trim()
+            .parse()
+            .map_err(|_| bad("--listen", format!("{:?} is not an address like 0.0.0.0:9864", self.listen)))?;
+        let soak = window("--soak", &self.soak)?;
+        let mut windows: Vec<Window> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for raw in self.windows.split(',').filter(|w| !w.trim().is_empty()) {
+            let w = window("--windows", raw)?;
+            if seen.insert(w.seconds) {
+                windows.push(w);
+            }
+        }
+        if windows.is_empty() {
+            return Err(bad("--windows", "needs at least one window"));
+        }
+        if seen.insert(soak.seconds) {
+            windows.push(soak.clone());
+        }
+        windows.sort_by_key(|w| w.seconds);
+        let reason_cap: usize = parse_num("--reason-cap", &self.reason_cap, "a whole number")?;
+        if !(1..=1000).contains(&reason_cap) {
+            return Err(bad("--reason-cap", "must be between 1 and 1000"));
+        }
+        let event_type_cap: usize = parse_num("--event-type-cap", &self.event_type_cap, "a whole number")?;
+        if !(7..=1000).contains(&event_type_cap) {
+            return Err(bad("--event-type-cap", "must be between 7 (the coordinator's own types) and 1000"));
+        }
+        let max_tracked_bookings: usize =
+            parse_num("--max-tracked-bookings", &self.max_tracked_bookings, "a whole number")?;
+        if max_tracked_bookings == 0 {
+            return Err(bad("--max-tracked-bookings", "must be greater than zero"));
+        }
+        let tally = TallyConfig {
+            windows,
+            reason_cap,
+            event_type_cap,
+            stuck_after: positive_duration("--stuck-after", &self.stuck_after)?,
+            max_tracked_bookings,
+        };
+        let rollout = self.rollout.validate(soak)?;
+        Ok((listen, tally, rollout))
+    }
+}
+
+impl Command {
+    /// Validates every value once; the result cannot hold an unchecked setting.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        match self {
+            Command::Serve(a) => {
+                let (listen, tally, rollout) = a.common.validate()?;
+                let poll_interval = positive_duration("--poll-interval", &a.poll_interval)?;
+                let overlap = parse_duration("--overlap", &a.overlap)?;
+                if overlap > Duration::from_secs(86_400) {
+                    return Err(bad("--overlap", "must be at most 24h"));
+                }
+                Ok(Validated::Serve(ServeConfig {
+                    listen,
+                    db: a.db.validate()?,
+                    poll_interval,
+                    overlap,
+                    tally,
+                    rollout,
+                }))
+            }
+            Command::Demo(a) => {
+                let (listen, tally, rollout) = a.common.validate()?;
+                let rate: u32 = parse_num("--rate", &a.rate, "a whole number")?;
+                if !(1..=10_000).contains(&rate) {
+                    return Err(bad("--rate", "must be between 1 and 10000 bookings per second"));
+                }
+                Ok(Validated::Demo(DemoConfig { listen, scenario: a.scenario, rate, tally, rollout }))
+            }
+            Command::Verdict(a) => {
+                let soak = window("--window", &a.window)?;
+                Ok(Validated::Verdict(VerdictConfig {
+                    db: a.db.validate()?,
+                    format: a.format,
+                    rollout: a.rollout.validate(soak)?,
+                }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_userinfo_and_password_parameters() {
+        let url = "postgres://app:s3cr3t@db:6543/x?sslmode=require&password=hunter2";
+        let r = redact_url(url);
+        assert!(!r.contains("s3cr3t") && !r.contains("hunter2"), "{r}");
+        assert_eq!(r, "postgres://app:***@db:6543/x?sslmode=require&password=***");
+        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+    }
+
+    #[test]
+    fn rfc3339_with_offsets_is_exact() {
+        let z = parse_rfc3339_us("--x", "2026-11-13T09:32:00Z").unwrap();
+        let plus = parse_rfc3339_us("--x", "2026-11-13T10:32:00+01:00").unwrap();
+        assert_eq!(z, plus);
+        assert_eq!(z % 1_000_000, 0);
+        assert!(parse_rfc3339_us("--x", "yesterday").is_err());
+    }
+
+    #[test]
+    fn identifiers_are_quoted_and_injection_is_refused() {
+        assert_eq!(ident("--table", "public.events", true).unwrap(), "\"public\".\"events\"");
+        assert!(ident("--table", "events; drop table x", true).is_err());
+        assert!(ident("--id-column", "a.b", false).is_err());
+    }
+
+    #[test]
+    fn windows_must_be_whole_minutes() {
+        assert!(window("--windows", "90s").is_err());
+        assert_eq!(window("--windows", "48h").unwrap().seconds, 172_800);
+    }
+}

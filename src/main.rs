@@ -1,0 +1,98 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use rollout_exporter::app::App;
+use rollout_exporter::config::{Cli, Validated};
+use rollout_exporter::{init_logging, verdict};
+
+/// Usage and configuration errors.
+const EXIT_CONFIG: u8 = 2;
+/// `verdict` could not reach a decision (the database failed).
+const EXIT_UNAVAILABLE: u8 = 4;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print(); // --help, --version
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let first = e.to_string().lines().next().unwrap_or("invalid arguments").to_string();
+            eprintln!("rollout-exporter: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let validated = match cli.command.validate() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("rollout-exporter: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rollout-exporter: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match validated {
+            Validated::Serve(cfg) => serve(App::build_serve(cfg).await).await,
+            Validated::Demo(cfg) => serve(App::build_demo(cfg).await).await,
+            Validated::Verdict(cfg) => match verdict::compute(&cfg).await {
+                Ok(v) => {
+                    print!("{}", verdict::render(&v, cfg.format));
+                    ExitCode::from(v.decision.exit_code() as u8)
+                }
+                Err(e) => {
+                    eprintln!("rollout-exporter: verdict unavailable: {e}");
+                    ExitCode::from(EXIT_UNAVAILABLE)
+                }
+            },
+        }
+    })
+}
+
+async fn serve(app: Result<App, rollout_exporter::app::AppError>) -> ExitCode {
+    let app = match app {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("rollout-exporter: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match app.run_until_stopped(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rollout-exporter: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

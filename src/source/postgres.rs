@@ -1,0 +1,400 @@
+//! Reading the events table: the start-up load, the polls, and the verdict's evidence.
+//!
+//! Every statement is an unnamed (non-persistent) prepared statement inside one explicit
+//! transaction with `SET LOCAL statement_timeout`, so it works through a transaction-mode pooler
+//! (PgBouncer on 6543), where named statements and session settings do not survive between
+//! transactions. Every call also has a client-side deadline, because a paused pooler hangs instead
+//! of failing. Transactions are READ ONLY; the exporter never writes.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row as _;
+
+/// A boxed, sendable database future; boxing at the creation site keeps `Send` provable.
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, sqlx::Error>> + Send>>;
+
+use crate::config::{DatabaseConfig, TableSpec};
+use crate::events::{ContextKind, Group, Row};
+
+/// Why a database call failed. `metric_label` is the bounded `kind` of
+/// `rollout_exporter_poll_errors_total`. Messages never contain the connection string.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    #[error("database call exceeded its deadline: {0}")]
+    Timeout(String),
+    #[error("the events table does not look as configured: {0}")]
+    Schema(String),
+    #[error("query failed: {0}")]
+    Query(String),
+    #[error("cannot decode a row: {0}")]
+    Decode(String),
+}
+
+impl SourceError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            SourceError::Connect(_) => "connect",
+            SourceError::Timeout(_) => "timeout",
+            SourceError::Schema(_) => "schema",
+            SourceError::Query(_) => "query",
+            SourceError::Decode(_) => "decode",
+        }
+    }
+
+    /// Whether the connection should be thrown away (it may be mid-protocol or dead).
+    fn poisons_connection(&self) -> bool {
+        matches!(self, SourceError::Connect(_) | SourceError::Timeout(_))
+    }
+}
+
+impl From<sqlx::Error> for SourceError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                let msg = db.message().to_string();
+                match code.as_ref() {
+                    // query_canceled (statement_timeout), lock_not_available
+                    "57014" | "55P03" => SourceError::Timeout(msg),
+                    // undefined_table, undefined_column, undefined_function, datatype_mismatch,
+                    // invalid_schema_name, insufficient_privilege
+                    "42P01" | "42703" | "42883" | "42804" | "3F000" | "42501" => {
+                        SourceError::Schema(format!("{msg} (SQLSTATE {code})"))
+                    }
+                    c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("28") => {
+                        SourceError::Connect(format!("{msg} (SQLSTATE {code})"))
+                    }
+                    _ => SourceError::Query(format!("{msg} (SQLSTATE {code})")),
+                }
+            }
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
+                SourceError::Decode(e.to_string())
+            }
+            sqlx::Error::PoolTimedOut => SourceError::Timeout("no connection within --connect-timeout".into()),
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_) => {
+                SourceError::Connect(e.to_string())
+            }
+            _ => SourceError::Query(e.to_string()),
+        }
+    }
+}
+
+/// The SQL, with the configured identifiers spliced in once (they are validated and quoted in
+/// config; values are always bound).
+#[derive(Debug, Clone)]
+pub struct Queries {
+    load_groups: String,
+    load_buckets: String,
+    rows_since: String,
+    window_counts: String,
+    error_blocks: String,
+}
+
+/// A bound Unix-microsecond parameter as a timestamptz, exactly (no float rounding).
+fn ts(param: &str) -> String {
+    format!("(timestamptz 'epoch' + ({param})::int8 * interval '1 microsecond')")
+}
+
+/// `created_at` as exact Unix microseconds (extract returns numeric on PostgreSQL 14+).
+fn us(col: &str) -> String {
+    format!("(extract(epoch FROM {col}) * 1000000)::int8")
+}
+
+impl Queries {
+    pub fn new(spec: &TableSpec, count_since_us: Option<i64>) -> Self {
+        let TableSpec { table, id, source_column: src, event_type: et, context: ctx, created_at: ca, .. } = spec;
+        let since = match count_since_us {
+            Some(v) => format!(" AND {ca} >= {}", ts(&v.to_string())),
+            None => String::new(),
+        };
+        let ca_us = us(ca);
+        let ts2 = ts("$2");
+        let ts3 = ts("$3");
+        Queries {
+            // All-time counters at start-up, aggregated in Postgres, for rows older than the part
+            // streamed row by row ($2). Most frequent first, so they win the capped labels.
+            load_groups: format!(
+                "SELECT {et}::text, {ctx}::jsonb ->> 'reason', jsonb_typeof({ctx}::jsonb -> 'reason'), \
+                 jsonb_typeof({ctx}::jsonb), count(*)::int8 AS n, {max_us} \
+                 FROM {table} WHERE {src} = $1 AND {ca} < {ts2}{since} \
+                 GROUP BY 1, 2, 3, 4 ORDER BY n DESC",
+                max_us = us(&format!("max({ca})")),
+            ),
+            // Per-minute buckets for the windows, over [$2, $3): an index range scan.
+            load_buckets: format!(
+                "SELECT {et}::text, floor(extract(epoch FROM {ca}) / 60)::int8, count(*)::int8, \
+                 (count(*) FILTER (WHERE {ctx}::jsonb ->> 'reason' IS NULL))::int8 \
+                 FROM {table} WHERE {src} = $1 AND {ca} >= {ts2} AND {ca} < {ts3}{since} GROUP BY 1, 2"
+            ),
+            // New rows: an index range scan on (source, created_at) from the watermark minus the
+            // overlap; cost proportional to the rows in that range.
+            rows_since: format!(
+                "SELECT {id}::text, {et}::text, {ctx}::jsonb ->> 'reason', \
+                 jsonb_typeof({ctx}::jsonb -> 'reason'), jsonb_typeof({ctx}::jsonb), \
+                 {ctx}::jsonb ->> 'booking_id', {ca_us} \
+                 FROM {table} WHERE {src} = $1 AND {ca} >= {ts2}{since} ORDER BY {ca}"
+            ),
+            // The verdict's counts over a window, with the runbook's "no reason" share.
+            window_counts: format!(
+                "SELECT {et}::text, count(*)::int8, \
+                 (count(*) FILTER (WHERE {ctx}::jsonb ->> 'reason' IS NULL))::int8 \
+                 FROM {table} WHERE {src} = $1 AND {ca} >= {ts2}{since} GROUP BY 1 ORDER BY 1"
+            ),
+            // 5-minute blocks holding a coordinator.error, for "sustained errors".
+            error_blocks: format!(
+                "SELECT DISTINCT floor(extract(epoch FROM {ca}) / 300)::int8 AS b \
+                 FROM {table} WHERE {src} = $1 AND {et} = 'coordinator.error' AND {ca} >= {ts2}{since} ORDER BY b"
+            ),
+        }
+    }
+
+    /// The poll statement, for EXPLAIN in tests.
+    pub fn rows_since(&self) -> &str {
+        &self.rows_since
+    }
+}
+
+/// First statement of every transaction: sets the statement timeout for this transaction only
+/// (`set_config(..., true)` is `SET LOCAL`, which survives transaction pooling where a session `SET`
+/// does not) and returns the transaction's database time in exact Unix microseconds.
+const NOW_US: &str =
+    "SELECT (extract(epoch FROM now()) * 1000000)::int8 FROM (SELECT set_config('statement_timeout', $1, true)) AS timeout";
+
+/// How a transaction starts.
+struct Setup {
+    begin: &'static str,
+    /// e.g. `10000ms`, bound into [`NOW_US`].
+    statement_timeout: String,
+}
+
+/// A pool of one connection, rebuilt after a connection-level failure.
+pub struct Db {
+    options: PgConnectOptions,
+    pool: PgPool,
+    cfg: DatabaseConfig,
+    queries: Arc<Queries>,
+}
+
+/// What the start-up load found.
+pub struct Loaded {
+    pub now_us: i64,
+    pub groups: Vec<Group>,
+    /// (raw event type, minute, rows, rows without reason)
+    pub buckets: Vec<(Option<String>, i64, u64, u64)>,
+    /// Rows at or after `stream_from_us`, one by one.
+    pub rows: Vec<Row>,
+}
+
+/// What one poll read.
+pub struct Polled {
+    pub now_us: i64,
+    pub rows: Vec<Row>,
+}
+
+fn decode_row(r: &PgRow) -> Result<Row, sqlx::Error> {
+    Ok(Row {
+        id: r.try_get::<Option<String>, _>(0)?.unwrap_or_default(),
+        event_type: r.try_get(1)?,
+        reason: r.try_get(2)?,
+        reason_json_type: r.try_get(3)?,
+        context: ContextKind::from_jsonb_typeof(r.try_get::<Option<String>, _>(4)?.as_deref()),
+        booking_id: r.try_get(5)?,
+        created_us: r.try_get(6)?,
+    })
+}
+
+fn pool_for(options: &PgConnectOptions, cfg: &DatabaseConfig) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(cfg.connect_timeout)
+        .idle_timeout(Some(Duration::from_secs(60)))
+        .test_before_acquire(true)
+        .connect_lazy_with(options.clone())
+}
+
+impl Db {
+    /// Prepares a lazily connecting pool; nothing touches the network yet.
+    pub fn new(cfg: DatabaseConfig) -> Result<Self, SourceError> {
+        let options = PgConnectOptions::from_str(cfg.url.expose_secret())
+            // Not a secret-bearing message: sqlx's URL errors name the part, not the input.
+            .map_err(|e| SourceError::Connect(format!("invalid database URL {}: {e}", cfg.url.redacted())))?
+            // PgBouncer refuses unknown startup parameters such as extra_float_digits.
+            .extra_float_digits(None)
+            .application_name("rollout-exporter");
+        let pool = pool_for(&options, &cfg);
+        let queries = Arc::new(Queries::new(&cfg.spec, cfg.count_since_us));
+        Ok(Db { options, pool, cfg, queries })
+    }
+
+    pub fn queries(&self) -> &Queries {
+        &self.queries
+    }
+
+    /// Drops the current connection(s) so the next call reconnects.
+    fn reset(&mut self) {
+        let old = std::mem::replace(&mut self.pool, pool_for(&self.options, &self.cfg));
+        tokio::spawn(async move { old.close().await });
+    }
+
+    /// How a transaction starts: read-only, its isolation, and its statement timeout.
+    fn setup(&self, timeout_factor: u32, repeatable: bool) -> Setup {
+        Setup {
+            begin: if repeatable {
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+            } else {
+                "BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY"
+            },
+            statement_timeout: format!("{}ms", (self.cfg.statement_timeout * timeout_factor).as_millis().max(1)),
+        }
+    }
+
+    /// Awaits `work` under the overall deadline; throws the connection away after a
+    /// connection-level failure or a timeout (it may be mid-protocol).
+    async fn guard<T>(&mut self, timeout_factor: u32, work: BoxFuture<T>) -> Result<T, SourceError> {
+        let deadline = self.cfg.statement_timeout * timeout_factor + self.cfg.connect_timeout + Duration::from_secs(1);
+        let result = match tokio::time::timeout(deadline, work).await {
+            Ok(r) => r.map_err(SourceError::from),
+            Err(_) => Err(SourceError::Timeout(format!("no answer within {}", humantime::format_duration(deadline)))),
+        };
+        if let Err(e) = &result {
+            if e.poisons_connection() {
+                self.reset();
+            }
+        }
+        result
+    }
+
+    /// What a transaction's future needs, owned, so it borrows nothing from `self`.
+    fn parts(&self, timeout_factor: u32, repeatable: bool) -> (String, PgPool, Arc<Queries>, Setup) {
+        (self.cfg.spec.source.clone(), self.pool.clone(), self.queries.clone(), self.setup(timeout_factor, repeatable))
+    }
+
+    /// The start-up load, in one REPEATABLE READ snapshot: aggregates for rows older than
+    /// `now - stream_back`, rows one by one from there on (they seed the overlap de-duplication and
+    /// the booking state machine).
+    pub async fn load(&mut self, stream_back: Duration, longest_window: u64) -> Result<Loaded, SourceError> {
+        let (source, pool, q, setup) = self.parts(10, true);
+        let stream_back_us = stream_back.as_micros() as i64;
+        let work: BoxFuture<_> = Box::pin(async move {
+            let mut tx = pool.begin_with(setup.begin).await?;
+            let now_us: i64 =
+                sqlx::query_scalar(NOW_US).persistent(false).bind(setup.statement_timeout).fetch_one(&mut *tx).await?;
+            let stream_from = now_us - stream_back_us;
+            let horizon_us = crate::tally::window_start_minute(now_us, longest_window) * crate::tally::US_PER_MINUTE;
+            let groups = sqlx::query(&q.load_groups)
+                .persistent(false)
+                .bind(&source)
+                .bind(stream_from)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(Group {
+                        event_type: r.try_get(0)?,
+                        reason: r.try_get(1)?,
+                        reason_json_type: r.try_get(2)?,
+                        context: ContextKind::from_jsonb_typeof(r.try_get::<Option<String>, _>(3)?.as_deref()),
+                        count: r.try_get::<i64, _>(4)?.max(0) as u64,
+                        last_us: r.try_get::<Option<i64>, _>(5)?.unwrap_or(0),
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let buckets = sqlx::query(&q.load_buckets)
+                .persistent(false)
+                .bind(&source)
+                .bind(horizon_us.min(stream_from))
+                .bind(stream_from)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get::<Option<String>, _>(0)?,
+                        r.try_get::<i64, _>(1)?,
+                        r.try_get::<i64, _>(2)?.max(0) as u64,
+                        r.try_get::<i64, _>(3)?.max(0) as u64,
+                    ))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let rows = sqlx::query(&q.rows_since)
+                .persistent(false)
+                .bind(&source)
+                .bind(stream_from)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(decode_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().await?;
+            Ok(Loaded { now_us, groups, buckets, rows })
+        });
+        self.guard(10, work).await
+    }
+
+    /// One poll: the database time and every row created at or after `from_us`.
+    pub async fn poll(&mut self, from_us: i64) -> Result<Polled, SourceError> {
+        let (source, pool, q, setup) = self.parts(1, false);
+        let work: BoxFuture<_> = Box::pin(async move {
+            let mut tx = pool.begin_with(setup.begin).await?;
+            let now_us: i64 =
+                sqlx::query_scalar(NOW_US).persistent(false).bind(setup.statement_timeout).fetch_one(&mut *tx).await?;
+            let rows = sqlx::query(&q.rows_since)
+                .persistent(false)
+                .bind(&source)
+                .bind(from_us)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(decode_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().await?;
+            Ok(Polled { now_us, rows })
+        });
+        self.guard(1, work).await
+    }
+
+    /// The verdict's evidence over a window, computed in SQL in one snapshot:
+    /// (now, per-type (rows, rows without reason), error blocks).
+    pub async fn window_evidence(
+        &mut self,
+        window_seconds: u64,
+    ) -> Result<(i64, Vec<(Option<String>, u64, u64)>, Vec<i64>), SourceError> {
+        let (source, pool, q, setup) = self.parts(10, true);
+        let work: BoxFuture<_> = Box::pin(async move {
+            let mut tx = pool.begin_with(setup.begin).await?;
+            let now_us: i64 =
+                sqlx::query_scalar(NOW_US).persistent(false).bind(setup.statement_timeout).fetch_one(&mut *tx).await?;
+            let start_us = crate::tally::window_start_minute(now_us, window_seconds) * crate::tally::US_PER_MINUTE;
+            let counts = sqlx::query(&q.window_counts)
+                .persistent(false)
+                .bind(&source)
+                .bind(start_us)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get::<Option<String>, _>(0)?,
+                        r.try_get::<i64, _>(1)?.max(0) as u64,
+                        r.try_get::<i64, _>(2)?.max(0) as u64,
+                    ))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let blocks = sqlx::query_scalar::<_, i64>(&q.error_blocks)
+                .persistent(false)
+                .bind(&source)
+                .bind(start_us)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok((now_us, counts, blocks))
+        });
+        self.guard(10, work).await
+    }
+}

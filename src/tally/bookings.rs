@@ -1,0 +1,270 @@
+//! The booking state machine, keyed by `context->>'booking_id'`, in bounded memory.
+//!
+//! ```text
+//! none --start--> started --(retry | lock_contention)*--> started --confirmed|manual_review|error--> outcome
+//! ```
+//! Anything else is an invalid transition, counted by (from, to). A booking stays tracked until its
+//! outcome is `stuck_after` old (so events after an outcome are still caught), or, without an
+//! outcome, for 24 hours; past `max_tracked` the oldest are evicted first.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use crate::events::{CONFIRMED, ERROR, LOCK_CONTENTION, MANUAL_REVIEW, RETRY, START};
+
+/// Upper bounds (seconds) of the time-to-outcome histogram.
+pub const OUTCOME_BUCKETS: [f64; 14] =
+    [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
+pub const OUTCOMES: [&str; 3] = ["confirmed", "manual_review", "error"];
+const UNFINISHED_RETENTION_US: i64 = 24 * 3600 * 1_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Started,
+    Outcome(usize),
+}
+
+impl State {
+    fn label(self) -> &'static str {
+        match self {
+            State::Started => "started",
+            State::Outcome(i) => OUTCOMES[i],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Start,
+    Progress(&'static str),
+    Outcome(usize),
+}
+
+fn step(event_type: &str) -> Option<Step> {
+    Some(match event_type {
+        START => Step::Start,
+        RETRY => Step::Progress("retry"),
+        LOCK_CONTENTION => Step::Progress("lock_contention"),
+        CONFIRMED => Step::Outcome(0),
+        MANUAL_REVIEW => Step::Outcome(1),
+        ERROR => Step::Outcome(2),
+        _ => return None,
+    })
+}
+
+fn step_label(s: Step) -> &'static str {
+    match s {
+        Step::Start => "start",
+        Step::Progress(p) => p,
+        Step::Outcome(i) => OUTCOMES[i],
+    }
+}
+
+/// Sort rank of an event type among rows with the same `created_at` (one transaction).
+pub fn rank(event_type: Option<&str>) -> u8 {
+    match event_type.and_then(step) {
+        Some(Step::Start) => 0,
+        Some(Step::Progress(_)) => 1,
+        Some(Step::Outcome(_)) => 2,
+        None => 1,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Booking {
+    state: State,
+    /// When the booking's start was seen (None when it began with another event).
+    started_us: Option<i64>,
+    first_us: i64,
+    last_us: i64,
+}
+
+/// Cumulative histogram (counts per bucket, not yet cumulative; sum; count).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hist {
+    pub buckets: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Hist {
+    fn observe(&mut self, v: f64) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; OUTCOME_BUCKETS.len()];
+        }
+        if let Some(i) = OUTCOME_BUCKETS.iter().position(|b| v <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BookingsView {
+    pub invalid: Vec<((&'static str, &'static str), u64)>,
+    pub without_booking: Vec<(String, u64)>,
+    pub stuck: u64,
+    pub tracked: u64,
+    pub evicted: u64,
+    /// One histogram per entry of [`OUTCOMES`].
+    pub time_to_outcome: Vec<Hist>,
+}
+
+#[derive(Debug)]
+pub struct Bookings {
+    map: HashMap<Box<str>, Booking>,
+    /// Booking ids in first-seen order, for eviction; entries whose booking is gone are skipped.
+    order: VecDeque<(i64, Box<str>)>,
+    invalid: BTreeMap<(&'static str, &'static str), u64>,
+    without_booking: BTreeMap<String, u64>,
+    time_to_outcome: [Hist; 3],
+    evicted: u64,
+    max_tracked: usize,
+    stuck_after_us: i64,
+}
+
+impl Bookings {
+    pub fn new(max_tracked: usize, stuck_after: Duration) -> Self {
+        Bookings {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            invalid: BTreeMap::new(),
+            without_booking: BTreeMap::new(),
+            time_to_outcome: Default::default(),
+            evicted: 0,
+            max_tracked,
+            stuck_after_us: stuck_after.as_micros() as i64,
+        }
+    }
+
+    /// Applies one event of a booking. `event_type` is the label (unknown types are ignored).
+    pub fn observe(&mut self, booking_id: Option<&str>, event_type: &str, at_us: i64) {
+        let Some(step) = step(event_type) else { return };
+        let Some(id) = booking_id else {
+            *self.without_booking.entry(event_type.to_string()).or_default() += 1;
+            return;
+        };
+        match self.map.get_mut(id) {
+            None => {
+                let (state, started_us) = match step {
+                    Step::Start => (State::Started, Some(at_us)),
+                    Step::Progress(_) => {
+                        *self.invalid.entry(("none", step_label(step))).or_default() += 1;
+                        (State::Started, None)
+                    }
+                    Step::Outcome(i) => {
+                        *self.invalid.entry(("none", step_label(step))).or_default() += 1;
+                        (State::Outcome(i), None)
+                    }
+                };
+                let id: Box<str> = id.into();
+                self.order.push_back((at_us, id.clone()));
+                self.map.insert(id, Booking { state, started_us, first_us: at_us, last_us: at_us });
+                self.evict_over_cap();
+            }
+            Some(b) => {
+                b.last_us = b.last_us.max(at_us);
+                match (b.state, step) {
+                    (State::Started, Step::Progress(_)) => {}
+                    (State::Started, Step::Outcome(i)) => {
+                        if let Some(start) = b.started_us {
+                            self.time_to_outcome[i].observe((at_us - start).max(0) as f64 / 1e6);
+                        }
+                        b.state = State::Outcome(i);
+                    }
+                    (from, to) => {
+                        *self.invalid.entry((from.label(), step_label(to))).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn evict_over_cap(&mut self) {
+        while self.map.len() > self.max_tracked {
+            let Some((first, id)) = self.order.pop_front() else { break };
+            if self.map.get(&id).is_some_and(|b| b.first_us == first) {
+                self.map.remove(&id);
+                self.evicted += 1;
+            }
+        }
+    }
+
+    /// Forgets finished bookings older than `stuck_after` and unfinished ones older than 24 h.
+    pub fn prune(&mut self, now_us: i64) {
+        let stuck_after = self.stuck_after_us;
+        self.map.retain(|_, b| match b.state {
+            State::Outcome(_) => b.last_us >= now_us - stuck_after,
+            State::Started => b.last_us >= now_us - UNFINISHED_RETENTION_US,
+        });
+        let map = &self.map;
+        self.order.retain(|(first, id)| map.get(id).is_some_and(|b| b.first_us == *first));
+    }
+
+    pub fn view(&self, now_us: i64) -> BookingsView {
+        let stuck = self
+            .map
+            .values()
+            .filter(|b| b.state == State::Started && b.started_us.unwrap_or(b.first_us) < now_us - self.stuck_after_us)
+            .count() as u64;
+        BookingsView {
+            invalid: self.invalid.iter().map(|(k, v)| (*k, *v)).collect(),
+            without_booking: self.without_booking.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            stuck,
+            tracked: self.map.len() as u64,
+            evicted: self.evicted,
+            time_to_outcome: self.time_to_outcome.to_vec(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    fn bookings() -> Bookings {
+        Bookings::new(100, Duration::from_secs(900))
+    }
+
+    #[test]
+    fn a_normal_booking_is_valid_and_times_its_outcome() {
+        let mut b = bookings();
+        b.observe(Some("b1"), START, 0);
+        b.observe(Some("b1"), RETRY, S);
+        b.observe(Some("b1"), LOCK_CONTENTION, 2 * S);
+        b.observe(Some("b1"), CONFIRMED, 3 * S);
+        let v = b.view(4 * S);
+        assert!(v.invalid.is_empty(), "{:?}", v.invalid);
+        assert_eq!(v.time_to_outcome[0].count, 1);
+        assert_eq!(v.time_to_outcome[0].sum, 3.0);
+    }
+
+    #[test]
+    fn outcome_without_start_and_events_after_outcome_are_invalid() {
+        let mut b = bookings();
+        b.observe(Some("b1"), CONFIRMED, 0);
+        b.observe(Some("b2"), START, 0);
+        b.observe(Some("b2"), ERROR, S);
+        b.observe(Some("b2"), RETRY, 2 * S);
+        b.observe(Some("b2"), START, 3 * S);
+        let v = b.view(4 * S);
+        assert_eq!(v.invalid, vec![(("error", "retry"), 1), (("error", "start"), 1), (("none", "confirmed"), 1)]);
+    }
+
+    #[test]
+    fn stuck_bookings_are_counted_after_stuck_after_and_memory_is_bounded() {
+        let mut b = Bookings::new(2, Duration::from_secs(900));
+        b.observe(Some("b1"), START, 0);
+        b.observe(Some("b2"), START, 0);
+        assert_eq!(b.view(900 * S).stuck, 0);
+        assert_eq!(b.view(901 * S).stuck, 2);
+        b.observe(Some("b3"), START, S);
+        let v = b.view(S);
+        assert_eq!((v.tracked, v.evicted), (2, 1));
+        b.observe(None, START, S);
+        assert_eq!(b.view(S).without_booking, vec![(START.to_string(), 1)]);
+    }
+}
