@@ -905,43 +905,61 @@ def http_get(url: str) -> tuple[int, str]:
         return e.code, ""
 
 
+def run_exporter(argv: list[str], extra_env: dict[str, str], timeout: float = 60) -> tuple[dict, str, str]:
+    """Start the binary on a free loopback port, wait until /readyz is 200 (or the deadline), then
+    return ({path: status}, /metrics body, stderr) and stop it."""
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", ""), "RUST_LOG": "warn", **extra_env}
+    with tempfile.TemporaryFile(mode="w+") as errf:
+        proc = subprocess.Popen([str(BIN), *argv, "--listen", f"127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=errf, text=True, env=env)
+        base = f"http://127.0.0.1:{port}"
+        status: dict = {}
+        body = ""
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    status = {path: http_get(base + path)[0] for path in ("/healthz", "/readyz")}
+                    if status.get("/readyz") == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.3)
+            if proc.poll() is None:
+                try:
+                    code, body = http_get(base + "/metrics")
+                    status["/metrics"] = code
+                except OSError:
+                    pass
+            else:
+                status["exit"] = proc.returncode
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        errf.seek(0)
+        return status, body, errf.read()
+
+
 @check
 def probe_paths_answer_on_a_running_exporter():
-    """Start `demo --scenario healthy` (as in the compose file) and request the probe paths."""
+    """Start `demo --scenario healthy` (as the compose file does) and request the probe paths."""
     if not BIN.exists():
         raise Fail(f"{rel(BIN)} not found: build it first (cargo build) or set ROLLOUT_EXPORTER_BIN")
     p = Problems()
-    port = free_port()
-    env = {"PATH": os.environ.get("PATH", ""), "RUST_LOG": "warn"}
-    proc = subprocess.Popen([str(BIN), "demo", "--scenario", "healthy", "--listen", f"127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        status = {}
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise Fail(f"demo exited {proc.returncode}: {proc.stderr.read()[:500]}")
-            try:
-                status = {path: http_get(base + path)[0] for path in ("/healthz", "/readyz")}
-                if status.get("/readyz") == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.3)
-        p.expect(status.get("/healthz") == 200, f"GET /healthz: {status.get('/healthz')}")
-        p.expect(status.get("/readyz") == 200, f"GET /readyz did not reach 200 within 30 s: {status.get('/readyz')}")
-        code, body = http_get(base + "/metrics")
-        p.expect(code == 200 and "rollout_exporter_build_info" in body, f"GET /metrics: {code}, build_info present: {'rollout_exporter_build_info' in body}")
-        p.expect("rollout_exporter_ready 1" in body, "rollout_exporter_ready is not 1 once /readyz answers 200")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return p.done(f"demo on 127.0.0.1:{port}")
+    status, body, err = run_exporter(["demo", "--scenario", "healthy"], {}, timeout=30)
+    p.expect("exit" not in status, f"demo exited {status.get('exit')}: {err[-500:]}")
+    p.expect(status.get("/healthz") == 200, f"GET /healthz: {status.get('/healthz')}")
+    p.expect(status.get("/readyz") == 200, f"GET /readyz did not reach 200 within 30 s: {status.get('/readyz')}")
+    p.expect(status.get("/metrics") == 200 and "rollout_exporter_build_info" in body,
+             f"GET /metrics: {status.get('/metrics')}, build_info present: {'rollout_exporter_build_info' in body}")
+    p.expect("rollout_exporter_ready 1" in body, "rollout_exporter_ready is not 1 once /readyz answers 200")
+    return p.done("demo --scenario healthy")
 
 
 # ---- the read-only role -----------------------------------------------------------------------------
@@ -985,10 +1003,27 @@ def read_only_role_sql_on_local_postgres():
         p.expect(settings == ["on", "30s"], f"role settings: {settings}")
         limit = sql("-c", f"SELECT rolconnlimit, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = '{role}'").stdout.strip()
         p.expect(re.fullmatch(r"[1-9]\d?\|f\|f\|f", limit) is not None, f"role attributes (connlimit|super|createrole|createdb): {limit}")
+        # The exporter itself, as the manifests run it: `serve` with DATABASE_URL_FILE (a mounted
+        # secret ends with a newline) as this role, must get through its start-up load.
+        if BIN.exists():
+            sql("-c", "INSERT INTO observability_events (source, event_type, context) VALUES "
+                      "('assignment.coordinator', 'coordinator.start', '{\"booking_id\": \"b1\"}'), "
+                      "('assignment.coordinator', 'coordinator.confirmed', '{\"booking_id\": \"b1\"}')")
+            host, pgport = admin[1], admin[3]
+            with tempfile.TemporaryDirectory() as tmp:
+                url_file = pathlib.Path(tmp) / "database-url"
+                url_file.write_text(f"postgresql://{role}@{host}:{pgport}/{db}?sslmode=disable\n")
+                status, body, err = run_exporter(
+                    ["serve"], {"DATABASE_URL_FILE": str(url_file), "ROLLOUT_ENVIRONMENT": "deploy-check"})
+            p.expect(status.get("/readyz") == 200,
+                     f"serve as the read-only role via DATABASE_URL_FILE never became ready: {status}; stderr: {err[-800:]}")
+            p.expect("rollout_exporter_database_up 1" in body, "serve as the read-only role: rollout_exporter_database_up is not 1")
+            p.expect('assignment_coordinator_events_total{event_type="coordinator.start"' in body,
+                     "serve as the read-only role: no coordinator.start counter in /metrics")
     finally:
         run([psql, *admin, "-d", "postgres", "-c", f'DROP DATABASE IF EXISTS "{db}"'], timeout=30)
         run([psql, *admin, "-d", "postgres", "-c", f'DROP ROLE IF EXISTS "{role}"'], timeout=30)
-    return p.done("role.sql applied twice to a scratch database")
+    return p.done("role.sql applied twice to a scratch database" + (", serve ready as the role" if BIN.exists() else ""))
 
 
 # ---- docs -------------------------------------------------------------------------------------------
