@@ -1,0 +1,360 @@
+"""Shared helpers of the alerting/dashboard kit checks (stdlib only, Python 3.11).
+
+Each check script prints one line per assertion, `ok - <what>` or `not ok - <what>`, and
+`skip - <what>` when a tool is missing outside CI; tests/kit/run.sh counts them. Every wait is
+"until a condition holds, or fail after a deadline"; every process a check starts is killed on exit,
+also on failure.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+ALERTS = REPO / "alerts"
+RULE_FILES = sorted(p for p in ALERTS.iterdir() if p.suffix in (".yml", ".yaml"))
+RULE_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
+DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
+ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
+RUNBOOK = REPO / "docs" / "runbook.md"
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+VERBOSE = os.environ.get("KIT_VERBOSE", "") not in ("", "0")
+
+
+class Report:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, cond: bool, what: str, detail: str = "") -> bool:
+        if cond:
+            self.passed += 1
+            print(f"ok - {what}", flush=True)
+        else:
+            self.failed += 1
+            print(f"not ok - {what}", flush=True)
+            if detail:
+                for line in str(detail).rstrip().splitlines()[:60]:
+                    print(f"    {line}", flush=True)
+        return cond
+
+    def skip(self, what: str) -> None:
+        print(f"skip - {what}", flush=True)
+
+    def exit(self) -> None:
+        sys.exit(1 if self.failed else 0)
+
+
+def tool(report: Report, name: str) -> str | None:
+    """Path of a required tool; missing is a failure under CI=true, a skip otherwise."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if CI:
+        report.check(False, f"tool {name} is installed (CI=true: a missing tool is a failure)")
+    else:
+        report.skip(f"{name} is not installed")
+    return None
+
+
+def run(cmd: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what: str, fn, deadline_s: float, interval_s: float = 0.25):
+    """Poll fn() until it returns a truthy value; raise TimeoutError naming `what` after the deadline."""
+    end = time.monotonic() + deadline_s
+    last_exc = None
+    while True:
+        try:
+            v = fn()
+            if v:
+                return v
+        except Exception as e:  # noqa: BLE001 - the condition is not met yet
+            last_exc = e
+        if time.monotonic() >= end:
+            raise TimeoutError(f"timed out after {deadline_s:.0f}s waiting for {what}"
+                               + (f" (last error: {last_exc})" if last_exc else ""))
+        time.sleep(interval_s)
+
+
+def http_json(url: str, data: bytes | None = None, timeout: float = 5, method: str | None = None):
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data else {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read().decode())
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return 200 <= r.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class Processes:
+    """Starts processes in their own process group and kills every one of them at exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen, pathlib.Path]] = []
+        self.tmp = pathlib.Path(tempfile.mkdtemp(prefix="rollout-kit-"))
+        atexit.register(self.stop_all)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, _frame):
+        self.stop_all()
+        sys.exit(128 + signum)
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = self.tmp / f"{name}.log"
+        fh = open(log, "wb")
+        p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        self.procs.append((name, p, log))
+        return p
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        for n, _p, log in self.procs:
+            if n == name and log.exists():
+                return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self, name: str) -> None:
+        for n, p, _log in self.procs:
+            if n == name:
+                self._kill(p)
+
+    @staticmethod
+    def _kill(p: subprocess.Popen) -> None:
+        if p.poll() is not None:
+            return
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=5)
+
+    def stop_all(self) -> None:
+        for _n, p, _log in reversed(self.procs):
+            self._kill(p)
+        if not VERBOSE:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            print(f"# kit logs kept in {self.tmp}", flush=True)
+        self.procs = []
+
+
+def start_prometheus(procs: Processes, config_yaml: str, name: str = "prometheus",
+                     extra_args: list[str] | None = None) -> str:
+    """Start a real Prometheus on a free loopback port with a temp storage dir; return its base URL."""
+    port = free_port()
+    d = procs.tmp / name
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = d / "prometheus.yml"
+    cfg.write_text(config_yaml)
+    procs.start(name, ["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={d / 'data'}",
+                       f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+                       *(extra_args or [])])
+    url = f"http://127.0.0.1:{port}"
+    wait_until(f"{name} ready on {url}", lambda: http_ok(url + "/-/ready"), 30)
+    return url
+
+
+def start_alertmanager(procs: Processes, config_path: pathlib.Path, name: str = "alertmanager") -> str:
+    port = free_port()
+    d = procs.tmp / name
+    d.mkdir(parents=True, exist_ok=True)
+    procs.start(name, ["prometheus-alertmanager", f"--config.file={config_path}",
+                       f"--storage.path={d / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                       "--cluster.listen-address=", "--log.level=warn"])
+    url = f"http://127.0.0.1:{port}"
+    wait_until(f"{name} ready on {url}", lambda: http_ok(url + "/-/ready"), 30)
+    return url
+
+
+def loaded_rules(prom_url: str) -> list[dict]:
+    """Every rule Prometheus loaded, as its API returns it (a YAML parser without PyYAML)."""
+    groups = http_json(prom_url + "/api/v1/rules")["data"]["groups"]
+    return [dict(r, group=g["name"], file=g["file"]) for g in groups for r in g["rules"]]
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    import re
+    a = heading.strip().lower()
+    a = re.sub(r"[^\w\- ]", "", a)
+    return a.replace(" ", "-")
+
+
+def runbook_anchors() -> set[str]:
+    if not RUNBOOK.exists():
+        return set()
+    out = set()
+    for line in RUNBOOK.read_text().splitlines():
+        if line.startswith("#"):
+            out.add(github_anchor(line.lstrip("#")))
+    return out
+
+
+# ---------------------------------------------------------------- Alertmanager test copy and webhook
+PLACEHOLDER_URLS = {
+    "https://pager.example.invalid/alertmanager/rollout-exporter": "/pager",
+    "https://tickets.example.invalid/alertmanager/rollout-exporter": "/ticket",
+}
+
+
+def alertmanager_test_copy(webhook_base: str, dest: pathlib.Path) -> pathlib.Path:
+    """deploy/alertmanager/alertmanager.yml with the receivers pointed at the test's webhook
+    (/pager, /ticket) and short timers; the routing tree and inhibitions stay as written
+    (check_alertmanager.py proves the routing tree is identical)."""
+    import re
+    text = ALERTMANAGER_CONFIG.read_text()
+    for placeholder, path in PLACEHOLDER_URLS.items():
+        if placeholder not in text:
+            raise ValueError(f"{ALERTMANAGER_CONFIG} no longer has the receiver URL {placeholder}")
+        text = text.replace(placeholder, webhook_base + path)
+    text, n = re.subn(r"(?m)^(\s*)group_wait: .*$", r"\1group_wait: 1s", text)
+    if n == 0:
+        raise ValueError("no group_wait in the Alertmanager configuration")
+    text = re.sub(r"(?m)^(\s*)group_interval: .*$", r"\1group_interval: 1s", text)
+    dest.write_text(text)
+    return dest
+
+
+def alert_severities(rule_files=None) -> dict[str, str]:
+    """alertname -> severity label, read from the rule files' text (simple, fixed layout)."""
+    import re
+    out: dict[str, str] = {}
+    for f in rule_files or RULE_FILES:
+        current = None
+        for line in f.read_text().splitlines():
+            m = re.match(r"\s*- alert:\s*(\S+)", line)
+            if m:
+                current = m.group(1)
+                continue
+            m = re.match(r"\s*- record:", line)
+            if m:
+                current = None
+                continue
+            m = re.match(r"\s*severity:\s*(\S+)", line)
+            if m and current and current not in out:
+                out[current] = m.group(1)
+    return out
+
+
+class Webhook:
+    """An HTTP server in this process that records what Alertmanager posts to it."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+        self.received: list[tuple[str, dict]] = []
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+                try:
+                    payload = json.loads(body or b"{}")
+                except ValueError:
+                    payload = {"unparseable": body.decode(errors="replace")}
+                with lock:
+                    outer.received.append((self.path, payload))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        atexit.register(self.close)
+
+    def alerts(self, path: str | None = None, status: str = "firing") -> list[dict]:
+        out = []
+        for p, payload in list(self.received):
+            if path is None or p == path:
+                out += [a for a in payload.get("alerts", []) if a.get("status") == status]
+        return out
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# ---------------------------------------------------------------- dashboards
+def substitute(expr: str, environment: str = ".*", rate_interval: str = "1m") -> str:
+    """Grafana's variables as Grafana would expand them with every value selected."""
+    out = expr.replace("$__rate_interval", rate_interval).replace("${__rate_interval}", rate_interval)
+    out = out.replace("$__interval", rate_interval).replace("$__range", "1h")
+    for name, value in (("environment", environment), ("job", ".+"), ("instance", ".+")):
+        out = out.replace("${" + name + "}", value).replace("$" + name, value)
+    return out
+
+
+def dashboard_panels(dash: dict) -> list[dict]:
+    out = []
+    for p in dash.get("panels", []):
+        out.append(p)
+        out += p.get("panels", []) if p.get("type") == "row" else []
+    return out
+
+
+def dashboard_exprs(dash: dict) -> list[tuple[dict, dict]]:
+    return [(p, t) for p in dashboard_panels(dash) if p.get("type") != "row"
+            for t in p.get("targets", []) if t.get("expr")]
+
+
+def rule_constants() -> dict[str, float]:
+    """rollout:threshold:* recording rules that are plain numbers: name -> value."""
+    import re
+    out = {}
+    for f in RULE_FILES:
+        for m in re.finditer(r"- record:\s*(rollout:threshold:\w+)\s*\n\s*expr:\s*vector\(([-0-9.eE+]+)\)",
+                             f.read_text()):
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def recorded_names() -> set[str]:
+    import re
+    names = set()
+    for f in RULE_FILES:
+        names |= set(re.findall(r"- record:\s*(\S+)", f.read_text()))
+    return names
+
+
+def documented_metrics() -> set[str]:
+    import re
+    text = (REPO / "docs" / "metrics.md").read_text()
+    return set(re.findall(r"^\| `([a-z_:]+)` \|", text, flags=re.M))
