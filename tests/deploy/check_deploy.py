@@ -200,7 +200,7 @@ def help_of(sub: str) -> dict:
         m = re.match(r"(?:-[A-Za-z], )?(--[a-z0-9][a-z0-9-]*)", e)
         if not m:
             continue
-        env_m = re.search(r"\[env: ([A-Z0-9_]+)=", e)
+        env_m = re.search(r"\[env: ([A-Z0-9_]+)(?:=[^\]]*)?\]", e)
         def_m = re.search(r"\[default: ([^\]]*)\]", e)
         flags[m.group(1)] = {"env": env_m.group(1) if env_m else None, "default": def_m.group(1) if def_m else None}
     subcommands = set()
