@@ -980,6 +980,13 @@ def read_only_role_sql_on_local_postgres():
     probe = run([psql, *admin, "-d", "postgres", "-Atc", "select 1"], timeout=10)
     if probe.returncode != 0:
         raise Skip(f"no local PostgreSQL reachable as {admin[-1]}: {probe.stderr.strip()[:200]}")
+    # Leftovers of an interrupted run (the names below with another pid).
+    leftovers = run([psql, *admin, "-d", "postgres", "-Atc",
+                     r"SELECT 'DROP DATABASE IF EXISTS ' || quote_ident(datname) || ' WITH (FORCE)' FROM pg_database WHERE datname LIKE 'deploy\_role\_check\_%' "
+                     r"UNION ALL SELECT 'DROP ROLE IF EXISTS ' || quote_ident(rolname) FROM pg_roles WHERE rolname LIKE 'rollout\_exporter\_check\_%'"],
+                    timeout=30).stdout.split("\n")
+    for stmt in sorted(filter(None, leftovers), key=lambda x: "ROLE" in x):  # databases first
+        run([psql, *admin, "-d", "postgres", "-c", stmt], timeout=30)
     db = f"deploy_role_check_{os.getpid()}"
     role = f"rollout_exporter_check_{os.getpid()}"
     p = Problems()
@@ -1027,7 +1034,7 @@ def read_only_role_sql_on_local_postgres():
             p.expect('assignment_coordinator_events_total{event_type="coordinator.start"' in body,
                      "serve as the read-only role: no coordinator.start counter in /metrics")
     finally:
-        run([psql, *admin, "-d", "postgres", "-c", f'DROP DATABASE IF EXISTS "{db}"'], timeout=30)
+        run([psql, *admin, "-d", "postgres", "-c", f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'], timeout=30)
         run([psql, *admin, "-d", "postgres", "-c", f'DROP ROLE IF EXISTS "{role}"'], timeout=30)
     return p.done("role.sql applied twice to a scratch database" + (", serve ready as the role" if BIN.exists() else ""))
 
