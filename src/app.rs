@@ -33,7 +33,7 @@ pub enum AppError {
 
 enum Traffic {
     Postgres(Box<Follower>),
-    Demo(DemoConfig),
+    Demo(Box<DemoConfig>),
 }
 
 pub struct App {
@@ -91,7 +91,7 @@ impl App {
         }
         let state = State::new(cfg.rollout.clone(), phase, ExporterMetrics::new());
         let flags_file = cfg.rollout.flags_file.clone();
-        Ok(App { listener, state, traffic: Traffic::Demo(cfg), flags_file })
+        Ok(App { listener, state, traffic: Traffic::Demo(Box::new(cfg)), flags_file })
     }
 
     pub fn port(&self) -> u16 {
@@ -111,7 +111,7 @@ impl App {
         let (tx, rx) = watch::channel(false);
         let traffic = match self.traffic {
             Traffic::Postgres(f) => tokio::spawn(f.run(self.state.clone(), rx.clone())),
-            Traffic::Demo(cfg) => tokio::spawn(demo::run(cfg, self.state.clone(), rx.clone())),
+            Traffic::Demo(cfg) => tokio::spawn(demo::run(*cfg, self.state.clone(), rx.clone())),
         };
         let watcher = tokio::spawn(watch_flags(self.flags_file.clone(), self.state.clone(), rx.clone()));
         let mut server_rx = rx.clone();

@@ -209,6 +209,6 @@ fn backfill(tally: &mut Tally, cfg: &DemoConfig, m: &Mix, now_us: i64) {
             last_us,
         })
         .collect();
-    groups.sort_by(|a, b| b.count.cmp(&a.count));
+    groups.sort_by_key(|g| std::cmp::Reverse(g.count));
     tally.fold_groups(&groups);
 }

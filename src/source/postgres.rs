@@ -75,7 +75,11 @@ impl From<sqlx::Error> for SourceError {
             sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
                 SourceError::Decode(e.to_string())
             }
-            sqlx::Error::PoolTimedOut => SourceError::Timeout("no connection within --connect-timeout".into()),
+            // The pool retries refused or failed connects until --connect-timeout; with one
+            // connection and one user, timing out means the database could not be reached.
+            sqlx::Error::PoolTimedOut => {
+                SourceError::Connect("no connection within --connect-timeout (database unreachable?)".into())
+            }
             sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_) => {
                 SourceError::Connect(e.to_string())
             }

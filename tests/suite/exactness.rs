@@ -1,0 +1,287 @@
+//! The exporter agrees with SQL to the row: start-up load, polls, late commits, clock skew,
+//! restarts, windows.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// Every odd case of the issue: NULL / non-object contexts, non-string, empty, long, quoted and
+/// Unicode reasons, unknown and NULL event types, other sources.
+async fn insert_every_case(db: &TestDb) {
+    let cases: &[(Option<&str>, Option<&str>)] = &[
+        (Some("coordinator.start"), Some(r#"{"booking_id": "b1"}"#)),
+        (Some("coordinator.start"), None),
+        (Some("coordinator.confirmed"), Some(r#"{"booking_id": "b1"}"#)),
+        (Some("coordinator.retry"), Some(r#"{"booking_id": "b2", "reason": "upstream_timeout"}"#)),
+        (Some("coordinator.retry"), Some(r#""just a string""#)),
+        (Some("coordinator.retry"), Some(r#"[1, 2, 3]"#)),
+        (Some("coordinator.retry"), Some("42")),
+        (Some("coordinator.retry"), Some("null")),
+        (Some("coordinator.error"), Some(r#"{"reason": 42}"#)),
+        (Some("coordinator.error"), Some(r#"{"reason": {"nested": [1, "x"]}}"#)),
+        (Some("coordinator.error"), Some(r#"{"reason": true}"#)),
+        (Some("coordinator.error"), Some(r#"{"reason": null}"#)),
+        (Some("coordinator.manual_review"), Some(r#"{"reason": ""}"#)),
+        (Some("coordinator.manual_review"), Some(r#"{"reason": "quote \" backslash \\ newline \n tab \t end"}"#)),
+        (Some("coordinator.manual_review"), Some(r#"{"reason": "ünïcødé 予約 🚕 \u0001 ctrl"}"#)),
+        (Some("coordinator.lock_contention"), Some(r#"{"reason": "booking_locked"}"#)),
+        (Some("coordinator.something_new"), Some(r#"{"reason": "x"}"#)),
+        (None, Some(r#"{"reason": "no type"}"#)),
+    ];
+    for (et, ctx) in cases {
+        db.insert(*et, *ctx).await;
+    }
+    let long = "r".repeat(300);
+    db.insert(Some("coordinator.retry"), Some(&format!(r#"{{"reason": "{long}"}}"#))).await;
+    // Another source, never counted.
+    db.insert_at("legacy.planner", Some("coordinator.start"), None, None).await;
+}
+
+#[tokio::test]
+async fn start_up_load_equals_sql_group_by_for_every_odd_row() {
+    let db = TestDb::new().await;
+    insert_every_case(&db).await;
+    // Old rows (aggregated at start-up, not streamed) with the same oddities.
+    db.insert_at(SOURCE, Some("coordinator.error"), Some(r#"{"reason": 7}"#), Some("now() - interval '3 hours'")).await;
+    db.insert_at(SOURCE, Some("coordinator.retry"), None, Some("now() - interval '5 days'")).await;
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    let totals = app.wait_totals_match(&db).await;
+    assert_eq!(totals[&("coordinator.manual_review".into(), "(empty)".into())], 1);
+    assert_eq!(totals[&("coordinator.error".into(), "42".into())], 1);
+    assert_eq!(totals[&("coordinator.error".into(), "7".into())], 1);
+    assert_eq!(totals[&("(null)".into(), "no type".into())], 1);
+    assert!(totals.contains_key(&("coordinator.error".into(), r#"{"nested": [1, "x"]}"#.into())));
+    let s = app.scrape().await;
+    assert_eq!(s.value("rollout_exporter_malformed_rows_total", &[("kind", "context_not_object")]), 4.0);
+    assert_eq!(s.value("rollout_exporter_malformed_rows_total", &[("kind", "context_null")]), 2.0);
+    assert_eq!(s.value("rollout_exporter_malformed_rows_total", &[("kind", "reason_empty")]), 1.0);
+    assert_eq!(s.value("rollout_exporter_malformed_rows_total", &[("kind", "event_type_null")]), 1.0);
+    assert_eq!(s.value("rollout_exporter_malformed_rows_total", &[("kind", "reason_not_string")]), 4.0);
+    promtool_check_metrics(&s.text);
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn uuid_primary_keys_work_and_polls_add_new_rows_exactly() {
+    let db = TestDb::with_schema(SCHEMA_UUID).await;
+    db.insert_many(500, "coordinator.start", None, 3 * 3600).await;
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    app.wait_totals_match(&db).await;
+    for round in 0..3 {
+        db.insert_many(50 + round, "coordinator.confirmed", None, 0).await;
+        db.insert_many(7, "coordinator.retry", Some("upstream_timeout"), 0).await;
+        app.wait_totals_match(&db).await;
+    }
+    // Several polls later nothing has been counted twice.
+    app.wait_polls(3).await;
+    assert_eq!(app.scrape().await.totals(), db.sql_totals().await);
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_transaction_held_open_across_polls_is_counted_once_as_late() {
+    let db = TestDb::new().await;
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO observability_events (source, event_type, context) VALUES ($1, 'coordinator.start', '{}')",
+    )
+    .bind(SOURCE)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    // Rows committed meanwhile by others are counted while the long transaction is open.
+    db.insert(Some("coordinator.confirmed"), Some("{}")).await;
+    app.wait_totals_match(&db).await;
+    app.wait_polls(4).await;
+    tx.commit().await.unwrap();
+    let totals = app.wait_totals_match(&db).await;
+    assert_eq!(totals[&("coordinator.start".into(), "".into())], 1);
+    app.wait_polls(3).await;
+    let s = app.scrape().await;
+    assert_eq!(s.totals(), db.sql_totals().await);
+    assert_eq!(s.value("rollout_exporter_late_events_total", &[]), 1.0);
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_future_dated_row_is_counted_and_does_not_hide_later_rows() {
+    let db = TestDb::new().await;
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    db.insert_at(SOURCE, Some("coordinator.start"), Some("{}"), Some("now() + interval '2 hours'")).await;
+    app.wait_totals_match(&db).await;
+    for _ in 0..5 {
+        db.insert(Some("coordinator.confirmed"), Some("{}")).await;
+    }
+    let totals = app.wait_totals_match(&db).await;
+    assert_eq!(totals[&("coordinator.confirmed".into(), "".into())], 5);
+    app.wait_polls(2).await;
+    let s = app.scrape().await;
+    assert_eq!(s.totals(), db.sql_totals().await, "re-reading the future row must not count it again");
+    assert_eq!(s.value("rollout_exporter_malformed_rows_total", &[("kind", "future_dated")]), 1.0);
+    // A future row is inside every window, as `created_at >= start` is in SQL.
+    assert_eq!(
+        s.value("assignment_coordinator_window_events", &[("window", "1h"), ("event_type", "coordinator.start")]),
+        1.0
+    );
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_restarted_exporter_resumes_at_the_same_counts() {
+    let db = TestDb::new().await;
+    db.insert_many(300, "coordinator.start", None, 7200).await;
+    db.insert_many(290, "coordinator.confirmed", None, 7200).await;
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    db.insert_many(20, "coordinator.retry", Some("rate_limited"), 0).await;
+    let before = app.wait_totals_match(&db).await;
+    app.stop().await;
+    let again = spawn_app(serve_config(&db.url, &[])).await;
+    again.ready().await;
+    assert_eq!(again.scrape().await.totals(), before, "the first scrape after restart equals the last before");
+    again.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn count_since_counts_only_newer_rows() {
+    let db = TestDb::new().await;
+    db.insert_at(SOURCE, Some("coordinator.start"), None, Some("'2020-01-01T00:00:00Z'")).await;
+    db.insert_at(SOURCE, Some("coordinator.start"), None, Some("'2026-01-01T00:00:00Z'")).await;
+    let app = spawn_app(serve_config(&db.url, &["--count-since", "2025-06-01T00:00:00+02:00"])).await;
+    app.ready().await;
+    let s = app.scrape().await;
+    assert_eq!(
+        s.value("assignment_coordinator_events_total", &[("event_type", "coordinator.start"), ("reason", "")]),
+        1.0
+    );
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn window_gauges_and_ratios_equal_sql_over_the_same_minute_aligned_window() {
+    let db = TestDb::new().await;
+    // Rows spread over 50 hours; some fall outside every window.
+    db.insert_many(2000, "coordinator.start", None, 50 * 3600).await;
+    db.insert_many(1950, "coordinator.confirmed", None, 50 * 3600).await;
+    db.insert_many(15, "coordinator.manual_review", Some("vip_customer"), 50 * 3600).await;
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    app.wait_polls(1).await;
+    let s = app.scrape().await;
+    let now = s.value("rollout_exporter_last_poll_success_timestamp_seconds", &[]);
+    for (label, secs) in [("1h", 3600i64), ("6h", 21600), ("48h", 172800)] {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT event_type, count(*) FROM observability_events
+             WHERE source = $1 AND created_at >= to_timestamp(floor(($2::float8 - $3::int8) / 60) * 60)
+             GROUP BY 1",
+        )
+        .bind(SOURCE)
+        .bind(now)
+        .bind(secs)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let count = |et: &str| rows.iter().find(|r| r.0 == et).map_or(0, |r| r.1) as f64;
+        for et in ["coordinator.start", "coordinator.confirmed", "coordinator.manual_review", "coordinator.error"] {
+            assert_eq!(
+                s.value("assignment_coordinator_window_events", &[("window", label), ("event_type", et)]),
+                count(et),
+                "{label} {et}"
+            );
+        }
+        let starts = count("coordinator.start");
+        let expected = (count("coordinator.confirmed") / starts).min(1.0);
+        assert_eq!(s.value("assignment_coordinator_success_ratio", &[("window", label)]), expected);
+        let expected = count("coordinator.manual_review") / starts;
+        assert_eq!(s.value("assignment_coordinator_manual_review_ratio", &[("window", label)]), expected);
+    }
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn ratios_are_absent_while_a_window_holds_no_start() {
+    let db = TestDb::new().await;
+    db.insert(Some("coordinator.confirmed"), Some("{}")).await;
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    let s = app.scrape().await;
+    assert!(s.get("assignment_coordinator_success_ratio", &[("window", "1h")]).is_none());
+    assert!(!s.text.contains("assignment_coordinator_manual_review_ratio{"));
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn reasons_beyond_the_cap_fold_into_other_and_the_sum_stays_exact() {
+    let db = TestDb::new().await;
+    for i in 0..6 {
+        db.insert_many(10 - i, "coordinator.retry", Some(&format!("reason_{i}")), 3600 * 5).await;
+    }
+    let app = spawn_app(serve_config(&db.url, &["--reason-cap", "3"])).await;
+    app.ready().await;
+    db.insert_many(4, "coordinator.retry", Some("brand_new"), 0).await;
+    db.insert_many(2, "coordinator.retry", Some("reason_0"), 0).await;
+    app.wait_polls(2).await;
+    let s = app.scrape().await;
+    let t = s.totals();
+    // The three most frequent at start-up keep their labels.
+    assert_eq!(t[&("coordinator.retry".into(), "reason_0".into())], 12);
+    assert_eq!(t[&("coordinator.retry".into(), "reason_1".into())], 9);
+    assert_eq!(t[&("coordinator.retry".into(), "reason_2".into())], 8);
+    assert_eq!(t[&("coordinator.retry".into(), "other".into())], 7 + 6 + 5 + 4);
+    let sum: u64 = t.iter().filter(|((e, _), _)| e == "coordinator.retry").map(|(_, v)| v).sum();
+    let sql: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM observability_events WHERE event_type = 'coordinator.retry'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(sum, sql as u64);
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn the_poll_query_is_an_index_range_scan() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "INSERT INTO observability_events (source, event_type, context, created_at)
+         SELECT CASE WHEN g % 10 < 3 THEN 'other.source' ELSE 'assignment.coordinator' END,
+                'coordinator.start', '{}', now() - make_interval(secs => g * 2)
+         FROM generate_series(1, 100000) g; ANALYZE observability_events;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let cfg = serve_config(&db.url, &[]);
+    let follower = rollout_exporter::source::Follower::new(cfg).unwrap();
+    let sql = follower.db().queries().rows_since().to_string();
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql(&format!("PREPARE poll(text, int8) AS {sql}")).execute(&mut *conn).await.unwrap();
+    let lower_us = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap()
+        - Duration::from_secs(135))
+    .as_micros() as i64;
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE poll('{SOURCE}', {lower_us})"))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let text = plan.join("\n");
+    assert!(
+        text.contains("Index Scan using observability_events_source_created_at_idx"),
+        "plan does not use the index:\n{text}"
+    );
+    assert!(!text.contains("Seq Scan"), "plan scans the table:\n{text}");
+    drop(conn);
+    db.drop_db().await;
+}

@@ -1,0 +1,331 @@
+//! The rollout gate against real data: phase from the flags, thresholds at their edges, the
+//! verdict CLI (SQL) and /gate (memory) agreeing, the runbook table, the state machine.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::helpers::*;
+
+fn flags_file(dir: &TempDir, v3: &str, shadow: &str) -> String {
+    let path = dir.path().join("flags.env");
+    std::fs::write(
+        &path,
+        format!(
+            "# Created by Vercel CLI\nFEATURE_ASSIGNMENT_PIPELINE_V3=\"{v3}\"\nexport FEATURE_ASSIGNMENT_PIPELINE_V3_SHADOW=\"{shadow}\"\n\nFEATURE_ASSIGNMENT_PIPELINE_V3_MAX_PARALLEL=\"3\"\n"
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+const THREE_DAYS_AGO: &str = "2000-01-01T00:00:00Z";
+
+/// Runs `verdict` on the database; returns (exit code, stdout).
+fn verdict_cli(url: &str, flags: &str, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(bin())
+        .args(["verdict", "--database-url", url, "--flags-file", flags, "--environment", "staging"])
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// Seeds a soak with `starts` starts, `confirmed` confirmations and `manual` manual reviews within
+/// the last hour.
+async fn seed(db: &TestDb, starts: i64, confirmed: i64, manual: i64) {
+    db.insert_many(starts, "coordinator.start", None, 3000).await;
+    db.insert_many(confirmed, "coordinator.confirmed", None, 3000).await;
+    if manual > 0 {
+        db.insert_many(manual, "coordinator.manual_review", Some("ambiguous_address"), 3000).await;
+    }
+}
+
+async fn gate_and_cli_agree(starts: i64, confirmed: i64, manual: i64, expected: &str, code: i32) {
+    let db = TestDb::new().await;
+    seed(&db, starts, confirmed, manual).await;
+    let dir = TempDir::new("rex_flags");
+    let flags = flags_file(&dir, "true", "false");
+    let (exit, json) = verdict_cli(&db.url, &flags, &["--format", "json", "--phase-started-at", THREE_DAYS_AGO]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("verdict JSON");
+    assert_eq!((v["decision"].as_str().unwrap(), exit), (expected, code), "{json}");
+    let app = spawn_app(serve_config(&db.url, &["--flags-file", &flags, "--phase-started-at", THREE_DAYS_AGO])).await;
+    app.ready().await;
+    let (status, body) = app.get("/gate").await;
+    let g: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(g["decision"], v["decision"]);
+    // Memory and SQL judge the same evidence (but for the clock, read a moment apart).
+    let without_clock = |v: &serde_json::Value| {
+        let mut c = v["criteria"].clone();
+        for cr in c.as_array_mut().unwrap() {
+            if cr["name"] == "soak_elapsed" {
+                cr["observed"] = serde_json::Value::Null;
+            }
+        }
+        c
+    };
+    assert_eq!(without_clock(&g), without_clock(&v));
+    assert_eq!(status, if expected == "go" { 200 } else { 412 });
+    let (vstatus, _) = app.get("/verdict").await;
+    assert_eq!(vstatus, 200, "/verdict always answers 200");
+    let (pstatus, _) = http_request(app.port, "POST", "/gate", &[("Content-Type", "application/json")]).await;
+    assert_eq!(pstatus, status, "Flagger POSTs to the gate");
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn gate_says_go_at_exactly_ninety_seven_percent_success() {
+    gate_and_cli_agree(100, 97, 0, "go", 0).await;
+}
+
+#[tokio::test]
+async fn gate_says_no_go_one_booking_below_ninety_seven_percent() {
+    gate_and_cli_agree(100, 96, 0, "no_go", 1).await;
+}
+
+#[tokio::test]
+async fn gate_says_no_go_when_manual_review_reaches_one_percent() {
+    gate_and_cli_agree(200, 198, 2, "no_go", 1).await;
+}
+
+#[tokio::test]
+async fn gate_says_go_just_below_one_percent_manual_review() {
+    gate_and_cli_agree(200, 198, 1, "go", 0).await;
+}
+
+#[tokio::test]
+async fn a_short_soak_is_pending_with_exit_code_three_and_markdown_evidence() {
+    let db = TestDb::new().await;
+    seed(&db, 150, 149, 0).await;
+    let dir = TempDir::new("rex_flags");
+    let flags = flags_file(&dir, "true", "false");
+    let started =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(3600)).to_string();
+    let (exit, md) = verdict_cli(&db.url, &flags, &["--phase-started-at", &started]);
+    assert_eq!(exit, 3, "{md}");
+    assert!(md.contains("verdict: **PENDING**"), "{md}");
+    assert!(md.contains("| environment | staging |"));
+    assert!(md.contains("| success_ratio | 0.993333 (149/150) | >= 0.97 | pass |"), "{md}");
+    assert!(md.contains("| soak_elapsed |") && md.contains("FAIL"));
+    assert!(md.contains("| coordinator.start | 150 | 100.00 |"), "{md}");
+    assert!(md.contains("`FEATURE_ASSIGNMENT_PIPELINE_V3` | true"));
+    // Too little data is pending too.
+    let (exit, _) = verdict_cli(&db.url, &flags, &["--phase-started-at", THREE_DAYS_AGO, "--min-starts", "151"]);
+    assert_eq!(exit, 3);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn the_runbook_table_equals_the_runbooks_own_sql() {
+    let db = TestDb::new().await;
+    seed(&db, 300, 280, 4).await;
+    db.insert_many(30, "coordinator.retry", Some("upstream_timeout"), 3000).await;
+    db.insert_many(7, "coordinator.retry", None, 3000).await;
+    db.insert_many(3, "coordinator.error", Some("boom"), 3000).await;
+    let dir = TempDir::new("rex_flags");
+    let flags = flags_file(&dir, "true", "false");
+    let (_, json) = verdict_cli(&db.url, &flags, &["--format", "json", "--window", "6h"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // The runbook's query, verbatim but for the window.
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT
+          event_type,
+          count(*) AS total,
+          ROUND(100.0 * count(*) FILTER (WHERE context->>'reason' IS NULL) / NULLIF(count(*), 0), 2)::text AS success_rate_percent
+        FROM observability_events
+        WHERE source = 'assignment.coordinator'
+          AND created_at >= now() - INTERVAL '6 hours'
+        GROUP BY 1
+        ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let ours = v["runbook"].as_array().unwrap();
+    assert_eq!(ours.len(), rows.len());
+    for (row, (et, total, pct)) in ours.iter().zip(rows) {
+        assert_eq!(row["event_type"], et.as_str());
+        assert_eq!(row["total"], total);
+        assert_eq!(format!("{:.2}", row["success_rate_percent"].as_f64().unwrap()), pct, "{et}");
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn the_phase_follows_the_flags_file_when_it_changes() {
+    let db = TestDb::new().await;
+    let dir = TempDir::new("rex_flags");
+    let flags = flags_file(&dir, "false", "true");
+    let app = spawn_app(serve_config(&db.url, &["--flags-file", &flags])).await;
+    app.ready().await;
+    let s = app.scrape().await;
+    assert_eq!(s.value("assignment_rollout_phase", &[("phase", "shadow")]), 1.0);
+    assert_eq!(s.value("assignment_rollout_phase", &[("phase", "full")]), 0.0);
+    assert_eq!(s.value("assignment_rollout_max_parallel", &[]), 3.0);
+    let before = s.value("assignment_rollout_phase_started_timestamp_seconds", &[]);
+    flags_file(&dir, "yes", "off");
+    wait_for("phase full within 10 s", Duration::from_secs(10), || async {
+        (app.scrape().await.value("assignment_rollout_phase", &[("phase", "full")]) == 1.0).then_some(())
+    })
+    .await;
+    assert!(app.scrape().await.value("assignment_rollout_phase_started_timestamp_seconds", &[]) > before);
+    flags_file(&dir, "true", "true");
+    wait_for("phase invalid", Duration::from_secs(10), || async {
+        let s = app.scrape().await;
+        (s.value("assignment_rollout_phase", &[("phase", "invalid")]) == 1.0
+            && s.get("assignment_rollout_flags_invalid", &[("reason", "both_enabled")]) == Some(1.0))
+        .then_some(())
+    })
+    .await;
+    std::fs::write(dir.path().join("flags.env"), "FEATURE_ASSIGNMENT_PIPELINE_V3=maybe\n").unwrap();
+    wait_for("not a boolean", Duration::from_secs(10), || async {
+        (app.scrape().await.get("assignment_rollout_flags_invalid", &[("reason", "v3_not_boolean")]) == Some(1.0))
+            .then_some(())
+    })
+    .await;
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn coordinator_events_in_shadow_mode_are_a_leak() {
+    let db = TestDb::new().await;
+    let dir = TempDir::new("rex_flags");
+    let flags = flags_file(&dir, "false", "true");
+    let app = spawn_app(serve_config(&db.url, &["--flags-file", &flags])).await;
+    app.ready().await;
+    let s = app.scrape().await;
+    assert_eq!(s.value("assignment_rollout_shadow_leak_events", &[]), 0.0);
+    assert_eq!(s.value("assignment_coordinator_active", &[]), 0.0);
+    db.insert(Some("coordinator.start"), Some(r#"{"booking_id": "leak"}"#)).await;
+    wait_for("a shadow leak", Duration::from_secs(10), || async {
+        let s = app.scrape().await;
+        (s.value("assignment_rollout_shadow_leak_events", &[]) == 1.0
+            && s.value("assignment_coordinator_active", &[]) == 1.0)
+            .then_some(())
+    })
+    .await;
+    flags_file(&dir, "true", "false");
+    wait_for("no leak in full mode", Duration::from_secs(10), || async {
+        (app.scrape().await.value("assignment_rollout_shadow_leak_events", &[]) == 0.0).then_some(())
+    })
+    .await;
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn the_booking_state_machine_counts_invalid_transitions_stuck_bookings_and_outcome_times() {
+    let db = TestDb::new().await;
+    let ev = |b: &str, et: &'static str, ago: &str| {
+        (et, format!(r#"{{"booking_id": "{b}"}}"#), format!("now() - interval '{ago}'"))
+    };
+    let rows = vec![
+        ev("ok", "coordinator.start", "10 minutes"),
+        ev("ok", "coordinator.retry", "9 minutes"),
+        ev("ok", "coordinator.lock_contention", "9 minutes"),
+        ev("ok", "coordinator.confirmed", "8 minutes"),
+        ev("orphan", "coordinator.confirmed", "5 minutes"),
+        ev("after", "coordinator.start", "6 minutes"),
+        ev("after", "coordinator.error", "5 minutes"),
+        ev("after", "coordinator.retry", "4 minutes"),
+        ev("stuck", "coordinator.start", "20 minutes"),
+        ev("twice", "coordinator.start", "3 minutes"),
+        ev("twice", "coordinator.start", "2 minutes"),
+    ];
+    for (et, ctx, at) in &rows {
+        db.insert_at(SOURCE, Some(et), Some(ctx), Some(at)).await;
+    }
+    db.insert_at(SOURCE, Some("coordinator.start"), Some("{}"), None).await;
+    // Same created_at (one transaction): start sorts before its outcome.
+    sqlx::raw_sql(
+        "INSERT INTO observability_events (source, event_type, context, created_at) VALUES
+         ('assignment.coordinator', 'coordinator.confirmed', '{\"booking_id\": \"same\"}', '2026-01-01T00:00:00Z'::timestamptz + (now() - '2026-01-01'::timestamptz)),
+         ('assignment.coordinator', 'coordinator.start', '{\"booking_id\": \"same\"}', '2026-01-01T00:00:00Z'::timestamptz + (now() - '2026-01-01'::timestamptz))",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    let s = app.scrape().await;
+    assert_eq!(
+        s.value("assignment_coordinator_invalid_transitions_total", &[("from", "none"), ("to", "confirmed")]),
+        1.0
+    );
+    assert_eq!(s.value("assignment_coordinator_invalid_transitions_total", &[("from", "error"), ("to", "retry")]), 1.0);
+    assert_eq!(
+        s.value("assignment_coordinator_invalid_transitions_total", &[("from", "started"), ("to", "start")]),
+        1.0
+    );
+    let invalid: f64 = s
+        .series
+        .iter()
+        .filter(|((n, _), _)| n == "assignment_coordinator_invalid_transitions_total")
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(invalid, 3.0, "{}", s.text);
+    assert_eq!(s.value("assignment_coordinator_stuck_bookings", &[]), 1.0);
+    assert_eq!(
+        s.value("assignment_coordinator_events_without_booking_total", &[("event_type", "coordinator.start")]),
+        1.0
+    );
+    assert_eq!(s.value("assignment_coordinator_time_to_outcome_seconds_count", &[("outcome", "confirmed")]), 2.0);
+    assert_eq!(s.value("assignment_coordinator_time_to_outcome_seconds_count", &[("outcome", "error")]), 1.0);
+    // Each insert has its own now(): a few milliseconds apart.
+    let sum = s.value("assignment_coordinator_time_to_outcome_seconds_sum", &[("outcome", "confirmed")]);
+    assert!((120.0..121.0).contains(&sum), "{sum}");
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_recent_circuit_open_holds_the_circuit_gauge_and_fails_the_gate() {
+    let db = TestDb::new().await;
+    seed(&db, 200, 200, 0).await;
+    db.insert_at(SOURCE, Some("coordinator.circuit_open"), Some("{}"), Some("now() - interval '10 minutes'")).await;
+    let dir = TempDir::new("rex_flags");
+    let flags = flags_file(&dir, "true", "false");
+    let app = spawn_app(serve_config(&db.url, &["--flags-file", &flags, "--phase-started-at", THREE_DAYS_AGO])).await;
+    app.ready().await;
+    let s = app.scrape().await;
+    assert_eq!(s.value("assignment_coordinator_circuit_open", &[]), 0.0, "older than --circuit-hold");
+    assert_eq!(s.value("assignment_rollout_gate_passing", &[("criterion", "no_circuit_trips")]), 0.0);
+    assert_eq!(s.value("assignment_rollout_decision", &[("decision", "no_go")]), 1.0);
+    db.insert(Some("coordinator.circuit_open"), Some("{}")).await;
+    wait_for("circuit open", Duration::from_secs(10), || async {
+        (app.scrape().await.value("assignment_coordinator_circuit_open", &[]) == 1.0).then_some(())
+    })
+    .await;
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn errors_in_three_consecutive_five_minute_blocks_are_sustained() {
+    let db = TestDb::new().await;
+    seed(&db, 200, 200, 0).await;
+    // One error in each of the last four 5-minute blocks (so the last three whole blocks hold one
+    // even if the test crosses a block boundary).
+    sqlx::raw_sql(
+        "INSERT INTO observability_events (source, event_type, context, created_at)
+         SELECT 'assignment.coordinator', 'coordinator.error', '{}',
+                to_timestamp((floor(extract(epoch FROM now()) / 300) - k) * 300 + 60)
+         FROM generate_series(0, 3) k",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let dir = TempDir::new("rex_flags");
+    let flags = flags_file(&dir, "true", "false");
+    let app = spawn_app(serve_config(&db.url, &["--flags-file", &flags, "--phase-started-at", THREE_DAYS_AGO])).await;
+    app.ready().await;
+    let s = app.scrape().await;
+    assert_eq!(s.value("assignment_coordinator_errors_sustained", &[]), 1.0);
+    assert_eq!(s.value("assignment_rollout_gate_passing", &[("criterion", "no_sustained_errors")]), 0.0);
+    let (exit, _) = verdict_cli(&db.url, &flags, &["--phase-started-at", THREE_DAYS_AGO]);
+    assert_eq!(exit, 1);
+    app.stop().await;
+    db.drop_db().await;
+}
