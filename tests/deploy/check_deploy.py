@@ -17,6 +17,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -966,6 +967,44 @@ def probe_paths_answer_on_a_running_exporter():
              f"GET /metrics: {status.get('/metrics')}, build_info present: {'rollout_exporter_build_info' in body}")
     p.expect("rollout_exporter_ready 1" in body, "rollout_exporter_ready is not 1 once /readyz answers 200")
     return p.done("demo --scenario healthy")
+
+
+@check
+def sighup_rereads_the_flags_file_and_keeps_running():
+    """The unit's ExecReload sends SIGHUP: with a flags file the exporter must re-read it and live on."""
+    if not BIN.exists():
+        raise Fail(f"{rel(BIN)} not found: build it first (cargo build) or set ROLLOUT_EXPORTER_BIN")
+    with tempfile.TemporaryDirectory() as tmp:
+        flags = pathlib.Path(tmp) / "flags.env"
+        flags.write_text("FEATURE_ASSIGNMENT_PIPELINE_V3=false\nFEATURE_ASSIGNMENT_PIPELINE_V3_SHADOW=true\n"
+                         "FEATURE_ASSIGNMENT_PIPELINE_V3_MAX_PARALLEL=3\n")
+        port = free_port()
+        env = {"PATH": os.environ.get("PATH", ""), "RUST_LOG": "warn"}
+        proc = subprocess.Popen([str(BIN), "demo", "--flags-file", str(flags), "--listen", f"127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None:
+                    raise Fail(f"demo --flags-file exited {proc.returncode} before answering /healthz")
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(1.0)
+            if proc.poll() is not None:
+                raise Fail(f"SIGHUP (systemctl reload) ended the exporter (exit {proc.returncode})")
+            code, body = http_get(f"http://127.0.0.1:{port}/metrics")
+            if code != 200 or 'assignment_rollout_phase{phase="shadow"} 1' not in body:
+                raise Fail(f"after SIGHUP: /metrics {code}, shadow phase from the flags file not shown")
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+    return "alive, phase shadow from the flags file"
 
 
 # ---- the read-only role -----------------------------------------------------------------------------
