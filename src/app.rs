@@ -132,10 +132,10 @@ impl App {
     }
 }
 
-/// Re-reads the flags file when its content changes (checked every 2 s) and on SIGHUP.
+/// Re-reads the flags file when its content changes (checked every 2 s) and on SIGHUP. SIGHUP is
+/// handled even without a flags file (then it only logs), so a reload never kills the exporter.
 async fn watch_flags(file: Option<PathBuf>, state: State, mut shutdown: watch::Receiver<bool>) {
-    let Some(path) = file else { return };
-    let mut last = std::fs::read(&path).ok();
+    let mut last = file.as_ref().and_then(|p| std::fs::read(p).ok());
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -157,13 +157,19 @@ async fn watch_flags(file: Option<PathBuf>, state: State, mut shutdown: watch::R
             }
             _ = hup_fired => true,
         };
-        let now = std::fs::read(&path).ok();
+        let Some(path) = &file else {
+            if forced {
+                tracing::info!("SIGHUP: no --flags-file; the flags come from the environment, which cannot change");
+            }
+            continue;
+        };
+        let now = std::fs::read(path).ok();
         if forced || now != last {
             if forced {
                 tracing::info!(path = %path.display(), "SIGHUP: re-reading the flags file");
             }
             last = now;
-            state.publish_phase(read_flags(Some(&path)));
+            state.publish_phase(read_flags(Some(path)));
         }
     }
 }

@@ -448,6 +448,9 @@ pub fn parse_rfc3339_us(flag: &'static str, raw: &str) -> Result<i64, ConfigErro
 
 fn database_url(args: &DatabaseArgs) -> Result<DatabaseUrl, ConfigError> {
     let raw = match (&args.database_url, &args.database_url_file) {
+        (Some(url), Some(_)) if !url.trim().is_empty() => {
+            return Err(bad("--database-url", "set either --database-url or --database-url-file, not both"))
+        }
         (Some(url), _) if !url.trim().is_empty() => url.trim().to_string(),
         (_, Some(path)) => std::fs::read_to_string(path)
             .map_err(|e| bad("--database-url-file", format!("cannot read {}: {e}", path.display())))?

@@ -252,6 +252,17 @@ impl Collector for SnapshotCollector {
             g,
             rollout.verdict.criteria.iter().map(|cr| gauge(&[("criterion", cr.name)], b(cr.pass))).collect(),
         ));
+        out.push(family(
+            "assignment_rollout_gate_observed",
+            "The value each gate criterion compares with its threshold (absent while undefined).",
+            g,
+            rollout
+                .verdict
+                .criteria
+                .iter()
+                .filter_map(|cr| cr.observed.map(|v| gauge(&[("criterion", cr.name)], v)))
+                .collect(),
+        ));
         let t = cfg.thresholds;
         out.push(family(
             "assignment_rollout_gate_threshold",

@@ -48,6 +48,8 @@ struct Mix {
     lock_contention: f64,
     /// circuit_open events per minute
     circuit_per_minute: f64,
+    /// Orphan outcomes and starts without a booking id.
+    anomalies: bool,
 }
 
 fn mix(s: Scenario) -> Mix {
@@ -59,6 +61,7 @@ fn mix(s: Scenario) -> Mix {
             retry: 0.08,
             lock_contention: 0.02,
             circuit_per_minute: 0.0,
+            anomalies: false,
         },
         Scenario::Degraded => Mix {
             manual_review: 0.03,
@@ -67,6 +70,7 @@ fn mix(s: Scenario) -> Mix {
             retry: 0.35,
             lock_contention: 0.12,
             circuit_per_minute: 1.0,
+            anomalies: true,
         },
     }
 }
@@ -143,7 +147,22 @@ pub async fn run(cfg: DemoConfig, state: State, mut shutdown: watch::Receiver<bo
         if rng.unit() < m.circuit_per_minute / 60.0 * 4.0 {
             push(&mut rows, CIRCUIT_OPEN, Some("pricing_service_unavailable"), None);
         }
+        if m.anomalies {
+            // A degraded coordinator also misbehaves: an outcome for a booking it never started,
+            // and a start without a booking id.
+            if rng.unit() < 0.2 {
+                let orphan = format!("orphan-{}", rng.next() % 1_000_000);
+                push(&mut rows, CONFIRMED, None, Some(&orphan));
+            }
+            if rng.unit() < 0.1 {
+                push(&mut rows, START, None, None);
+            }
+        }
+        // A tick is the demo's poll: time it and count its rows like one.
+        let timer = state.metrics().poll_duration.start_timer();
+        state.metrics().polled_rows.inc_by(rows.len() as u64);
         tally.fold_rows(&mut rows);
+        timer.observe_duration();
         state.set_health(|h| h.last_success = now_us as f64 / 1e6);
         state.publish_tally(tally.view(rc.soak.seconds, rc.active_within.as_secs()));
     }
