@@ -5,5 +5,6 @@ mod cli;
 mod docs;
 mod exactness;
 mod faults;
+mod hardening;
 mod helpers;
 mod rollout;

@@ -1,0 +1,2 @@
+//! Hardening: faults injected into real processes, properties of the tally and the exposition,
+//! TLS to PostgreSQL, and access control.
