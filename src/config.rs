@@ -155,9 +155,17 @@ pub struct ServeArgs {
     /// Time between polls.
     #[arg(long, env = "POLL_INTERVAL", default_value = "5s")]
     pub poll_interval: String,
-    /// Margin each poll re-reads below the previous poll's time, to count late commits exactly once.
+    /// Margin below the previous poll's time that each poll checks (an indexed count per minute,
+    /// rows re-read only where it differs), to count late commits exactly once.
     #[arg(long, env = "POLL_OVERLAP", default_value = "2m")]
     pub overlap: String,
+    /// How often a poll checks the whole reconciliation window instead of the overlap only.
+    #[arg(long, env = "RECONCILE_INTERVAL", default_value = "1m")]
+    pub reconcile_interval: String,
+    /// How far back reconciliation finds rows whose transactions committed after the overlap
+    /// (memory: the ids of this window's rows are kept).
+    #[arg(long, env = "RECONCILE_WINDOW", default_value = "10m")]
+    pub reconcile_window: String,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -360,6 +368,8 @@ pub struct ServeConfig {
     pub db: DatabaseConfig,
     pub poll_interval: Duration,
     pub overlap: Duration,
+    pub reconcile_interval: Duration,
+    pub reconcile_window: Duration,
     pub tally: TallyConfig,
     pub rollout: RolloutConfig,
 }
@@ -614,11 +624,18 @@ impl Command {
                 if overlap > Duration::from_secs(86_400) {
                     return Err(bad("--overlap", "must be at most 24h"));
                 }
+                let reconcile_interval = positive_duration("--reconcile-interval", &a.reconcile_interval)?;
+                let reconcile_window = parse_duration("--reconcile-window", &a.reconcile_window)?;
+                if reconcile_window < overlap || reconcile_window > Duration::from_secs(86_400) {
+                    return Err(bad("--reconcile-window", "must be at least --overlap and at most 24h"));
+                }
                 Ok(Validated::Serve(ServeConfig {
                     listen,
                     db: a.db.validate()?,
                     poll_interval,
                     overlap,
+                    reconcile_interval,
+                    reconcile_window,
                     tally,
                     rollout,
                 }))

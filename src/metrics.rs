@@ -6,7 +6,7 @@
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::events::Malformed;
 use crate::rollout::{Decision, Phase};
@@ -23,6 +23,8 @@ pub struct ExporterMetrics {
     pub poll_errors: IntCounterVec,
     pub polled_rows: IntCounter,
     pub late_events: IntCounter,
+    pub reconciled_rows: IntCounter,
+    pub tracked_ids: IntGauge,
 }
 
 impl ExporterMetrics {
@@ -53,6 +55,16 @@ impl ExporterMetrics {
                 "Rows found in the overlap margin that the previous poll had not seen (late commits).",
             )
             .expect("valid counter"),
+            reconciled_rows: IntCounter::new(
+                "rollout_exporter_reconciled_rows_total",
+                "Rows older than the overlap margin found by reconciliation (transactions that outlived the overlap).",
+            )
+            .expect("valid counter"),
+            tracked_ids: IntGauge::new(
+                "rollout_exporter_tracked_ids",
+                "Row ids held for de-duplication and reconciliation.",
+            )
+            .expect("valid gauge"),
         }
     }
 
@@ -61,6 +73,8 @@ impl ExporterMetrics {
         registry.register(Box::new(self.poll_errors.clone()))?;
         registry.register(Box::new(self.polled_rows.clone()))?;
         registry.register(Box::new(self.late_events.clone()))?;
+        registry.register(Box::new(self.reconciled_rows.clone()))?;
+        registry.register(Box::new(self.tracked_ids.clone()))?;
         Ok(())
     }
 }

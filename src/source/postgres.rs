@@ -92,9 +92,10 @@ impl From<sqlx::Error> for SourceError {
 /// config; values are always bound).
 #[derive(Debug, Clone)]
 pub struct Queries {
-    load_groups: String,
-    load_buckets: String,
+    load: String,
     rows_since: String,
+    rows_between: String,
+    minute_counts: String,
     window_counts: String,
     error_blocks: String,
 }
@@ -119,34 +120,49 @@ impl Queries {
         let ca_us = us(ca);
         let ts2 = ts("$2");
         let ts3 = ts("$3");
+        let reason = format!("{ctx}::jsonb ->> 'reason'");
+        let minute = format!("floor(extract(epoch FROM {ca}) / 60)::int8");
         Queries {
-            // All-time counters at start-up, aggregated in Postgres, for rows older than the part
-            // streamed row by row ($2). Most frequent first, so they win the capped labels.
-            load_groups: format!(
-                "SELECT {et}::text, {ctx}::jsonb ->> 'reason', jsonb_typeof({ctx}::jsonb -> 'reason'), \
-                 jsonb_typeof({ctx}::jsonb), count(*)::int8 AS n, {max_us} \
+            // The start-up load in ONE scan, for rows older than the part streamed row by row ($2):
+            // grouping set 1 gives the all-time counters (by event type, reason and the shape of
+            // context), grouping set 2 the per-minute buckets of the longest window (from $3; older
+            // rows land in a NULL minute that is skipped). Most frequent first, so they win the
+            // capped labels.
+            load: format!(
+                "SELECT {et}::text, {reason}, jsonb_typeof({ctx}::jsonb -> 'reason'), jsonb_typeof({ctx}::jsonb), \
+                 CASE WHEN {ca} >= {ts3} THEN {minute} END, \
+                 count(*)::int8 AS n, (count(*) FILTER (WHERE {reason} IS NULL))::int8, {max_us}, \
+                 GROUPING({reason}) AS is_bucket \
                  FROM {table} WHERE {src} = $1 AND {ca} < {ts2}{since} \
-                 GROUP BY 1, 2, 3, 4 ORDER BY n DESC",
+                 GROUP BY GROUPING SETS (({et}, {reason}, jsonb_typeof({ctx}::jsonb -> 'reason'), jsonb_typeof({ctx}::jsonb)), \
+                                         ({et}, CASE WHEN {ca} >= {ts3} THEN {minute} END)) \
+                 ORDER BY is_bucket, n DESC",
                 max_us = us(&format!("max({ca})")),
             ),
-            // Per-minute buckets for the windows, over [$2, $3): an index range scan.
-            load_buckets: format!(
-                "SELECT {et}::text, floor(extract(epoch FROM {ca}) / 60)::int8, count(*)::int8, \
-                 (count(*) FILTER (WHERE {ctx}::jsonb ->> 'reason' IS NULL))::int8 \
-                 FROM {table} WHERE {src} = $1 AND {ca} >= {ts2} AND {ca} < {ts3}{since} GROUP BY 1, 2"
-            ),
-            // New rows: an index range scan on (source, created_at) from the watermark minus the
-            // overlap; cost proportional to the rows in that range.
+            // New rows: an index range scan on (source, created_at) from $2; cost proportional to
+            // the rows in that range.
             rows_since: format!(
-                "SELECT {id}::text, {et}::text, {ctx}::jsonb ->> 'reason', \
+                "SELECT {id}::text, {et}::text, {reason}, \
                  jsonb_typeof({ctx}::jsonb -> 'reason'), jsonb_typeof({ctx}::jsonb), \
                  {ctx}::jsonb ->> 'booking_id', {ca_us} \
                  FROM {table} WHERE {src} = $1 AND {ca} >= {ts2}{since} ORDER BY {ca}"
             ),
+            // The rows of [$2, $3), for reconciliation.
+            rows_between: format!(
+                "SELECT {id}::text, {et}::text, {reason}, \
+                 jsonb_typeof({ctx}::jsonb -> 'reason'), jsonb_typeof({ctx}::jsonb), \
+                 {ctx}::jsonb ->> 'booking_id', {ca_us} \
+                 FROM {table} WHERE {src} = $1 AND {ca} >= {ts2} AND {ca} < {ts3}{since} ORDER BY {ca}"
+            ),
+            // Rows per minute in [$2, $3): an index-only range scan, no row is transferred. It tells
+            // whether the overlap or an older minute holds rows the exporter has not counted.
+            minute_counts: format!(
+                "SELECT {minute}, count(*)::int8 FROM {table} \
+                 WHERE {src} = $1 AND {ca} >= {ts2} AND {ca} < {ts3}{since} GROUP BY 1"
+            ),
             // The verdict's counts over a window, with the runbook's "no reason" share.
             window_counts: format!(
-                "SELECT {et}::text, count(*)::int8, \
-                 (count(*) FILTER (WHERE {ctx}::jsonb ->> 'reason' IS NULL))::int8 \
+                "SELECT {et}::text, count(*)::int8, (count(*) FILTER (WHERE {reason} IS NULL))::int8 \
                  FROM {table} WHERE {src} = $1 AND {ca} >= {ts2}{since} GROUP BY 1 ORDER BY 1"
             ),
             // 5-minute blocks holding a coordinator.error, for "sustained errors".
@@ -190,14 +206,26 @@ pub struct Loaded {
     pub groups: Vec<Group>,
     /// (raw event type, minute, rows, rows without reason)
     pub buckets: Vec<(Option<String>, i64, u64, u64)>,
-    /// Rows at or after `stream_from_us`, one by one.
+    /// Rows at or after `now - stream_back`, one by one.
     pub rows: Vec<Row>,
 }
 
 /// What one poll read.
 pub struct Polled {
     pub now_us: i64,
+    /// Rows per minute of the checked range, as the database counts them.
+    pub counts: Vec<(i64, u64)>,
     pub rows: Vec<Row>,
+}
+
+/// What a poll asks for: the range whose rows are counted, and where to read rows from.
+#[derive(Debug, Clone, Copy)]
+pub struct PollPlan {
+    /// Count rows per minute in [count_from, count_to) (the overlap, or a reconciliation range).
+    pub count_from_us: i64,
+    pub count_to_us: i64,
+    /// Read rows from here on.
+    pub rows_from_us: i64,
 }
 
 fn decode_row(r: &PgRow) -> Result<Row, sqlx::Error> {
@@ -291,41 +319,31 @@ impl Db {
                 sqlx::query_scalar(NOW_US).persistent(false).bind(setup.statement_timeout).fetch_one(&mut *tx).await?;
             let stream_from = now_us - stream_back_us;
             let horizon_us = crate::tally::window_start_minute(now_us, longest_window) * crate::tally::US_PER_MINUTE;
-            let groups = sqlx::query(&q.load_groups)
+            let mut groups = Vec::new();
+            let mut buckets = Vec::new();
+            let found = sqlx::query(&q.load)
                 .persistent(false)
                 .bind(&source)
                 .bind(stream_from)
+                .bind(horizon_us)
                 .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(Group {
-                        event_type: r.try_get(0)?,
+                .await?;
+            for r in &found {
+                let event_type: Option<String> = r.try_get(0)?;
+                let count = r.try_get::<i64, _>(5)?.max(0) as u64;
+                if r.try_get::<i32, _>(8)? == 0 {
+                    groups.push(Group {
+                        event_type,
                         reason: r.try_get(1)?,
                         reason_json_type: r.try_get(2)?,
                         context: ContextKind::from_jsonb_typeof(r.try_get::<Option<String>, _>(3)?.as_deref()),
-                        count: r.try_get::<i64, _>(4)?.max(0) as u64,
-                        last_us: r.try_get::<Option<i64>, _>(5)?.unwrap_or(0),
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            let buckets = sqlx::query(&q.load_buckets)
-                .persistent(false)
-                .bind(&source)
-                .bind(horizon_us.min(stream_from))
-                .bind(stream_from)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok((
-                        r.try_get::<Option<String>, _>(0)?,
-                        r.try_get::<i64, _>(1)?,
-                        r.try_get::<i64, _>(2)?.max(0) as u64,
-                        r.try_get::<i64, _>(3)?.max(0) as u64,
-                    ))
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                        count,
+                        last_us: r.try_get::<Option<i64>, _>(7)?.unwrap_or(0),
+                    });
+                } else if let Some(minute) = r.try_get::<Option<i64>, _>(4)? {
+                    buckets.push((event_type, minute, count, r.try_get::<i64, _>(6)?.max(0) as u64));
+                }
+            }
             let rows = sqlx::query(&q.rows_since)
                 .persistent(false)
                 .bind(&source)
@@ -341,24 +359,62 @@ impl Db {
         self.guard(10, work).await
     }
 
-    /// One poll: the database time and every row created at or after `from_us`.
-    pub async fn poll(&mut self, from_us: i64) -> Result<Polled, SourceError> {
-        let (source, pool, q, setup) = self.parts(1, false);
+    /// One poll, in one REPEATABLE READ snapshot: the database time, the rows per minute of the
+    /// checked range, and the rows from `plan.rows_from_us` on.
+    pub async fn poll(&mut self, plan: PollPlan) -> Result<Polled, SourceError> {
+        let (source, pool, q, setup) = self.parts(1, true);
         let work: BoxFuture<_> = Box::pin(async move {
             let mut tx = pool.begin_with(setup.begin).await?;
             let now_us: i64 =
                 sqlx::query_scalar(NOW_US).persistent(false).bind(setup.statement_timeout).fetch_one(&mut *tx).await?;
+            let counts = if plan.count_from_us < plan.count_to_us {
+                sqlx::query_as::<_, (i64, i64)>(&q.minute_counts)
+                    .persistent(false)
+                    .bind(&source)
+                    .bind(plan.count_from_us)
+                    .bind(plan.count_to_us)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .map(|(m, n)| (m, n.max(0) as u64))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let rows = sqlx::query(&q.rows_since)
                 .persistent(false)
                 .bind(&source)
-                .bind(from_us)
+                .bind(plan.rows_from_us)
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
                 .map(decode_row)
                 .collect::<Result<Vec<_>, _>>()?;
             tx.commit().await?;
-            Ok(Polled { now_us, rows })
+            Ok(Polled { now_us, counts, rows })
+        });
+        self.guard(1, work).await
+    }
+
+    /// The rows of `[from_us, to_us)`, for minutes whose count says something was missed.
+    pub async fn rows_between(&mut self, from_us: i64, to_us: i64) -> Result<Vec<Row>, SourceError> {
+        let (source, pool, q, setup) = self.parts(1, false);
+        let work: BoxFuture<_> = Box::pin(async move {
+            let mut tx = pool.begin_with(setup.begin).await?;
+            let _now: i64 =
+                sqlx::query_scalar(NOW_US).persistent(false).bind(setup.statement_timeout).fetch_one(&mut *tx).await?;
+            let rows = sqlx::query(&q.rows_between)
+                .persistent(false)
+                .bind(&source)
+                .bind(from_us)
+                .bind(to_us)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(decode_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().await?;
+            Ok(rows)
         });
         self.guard(1, work).await
     }

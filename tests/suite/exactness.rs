@@ -285,3 +285,68 @@ async fn the_poll_query_is_an_index_range_scan() {
     drop(conn);
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_poll_with_no_new_rows_reads_no_rows() {
+    let db = TestDb::new().await;
+    db.insert_many(500, "coordinator.start", None, 60).await;
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    app.wait_polls(1).await;
+    let before = app.scrape().await.value("rollout_exporter_polled_rows_total", &[]);
+    app.wait_polls(5).await;
+    // The 500 rows inside the overlap are only counted, never transferred again.
+    assert_eq!(app.scrape().await.value("rollout_exporter_polled_rows_total", &[]), before);
+    db.insert_many(3, "coordinator.confirmed", None, 0).await;
+    app.wait_totals_match(&db).await;
+    assert_eq!(app.scrape().await.value("rollout_exporter_polled_rows_total", &[]), before + 3.0);
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn reconciliation_finds_a_transaction_that_outlived_the_overlap() {
+    let db = TestDb::new().await;
+    let app = spawn_app(serve_config(
+        &db.url,
+        &["--overlap", "1s", "--reconcile-interval", "1s", "--reconcile-window", "10m"],
+    ))
+    .await;
+    app.ready().await;
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO observability_events (source, event_type, context) VALUES ($1, 'coordinator.start', '{}')",
+    )
+    .bind(SOURCE)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    // A rolled-back transaction is never counted.
+    let mut rolled = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO observability_events (source, event_type, context) VALUES ($1, 'coordinator.error', '{}')",
+    )
+    .bind(SOURCE)
+    .execute(&mut *rolled)
+    .await
+    .unwrap();
+    // Hold the transaction well past the 1 s overlap, across many polls.
+    let started = std::time::Instant::now();
+    wait_for("the overlap to pass", Duration::from_secs(10), || async {
+        (started.elapsed() > Duration::from_millis(2500)).then_some(())
+    })
+    .await;
+    app.wait_polls(3).await;
+    tx.commit().await.unwrap();
+    rolled.rollback().await.unwrap();
+    let totals = app.wait_totals_match(&db).await;
+    assert_eq!(totals.get(&("coordinator.start".into(), "".into())), Some(&1));
+    assert!(!totals.contains_key(&("coordinator.error".into(), "".into())));
+    app.wait_polls(3).await;
+    let s = app.scrape().await;
+    assert_eq!(s.value("rollout_exporter_reconciled_rows_total", &[]), 1.0);
+    assert_eq!(s.value("rollout_exporter_late_events_total", &[]), 0.0);
+    assert_eq!(s.totals(), db.sql_totals().await, "counted once");
+    app.stop().await;
+    db.drop_db().await;
+}
