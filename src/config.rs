@@ -41,11 +41,11 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Follow the events table in PostgreSQL and serve /metrics, /gate and /verdict.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Serve simulated coordinator traffic through the same aggregation (no database needed).
-    Demo(DemoArgs),
+    Demo(Box<DemoArgs>),
     /// Compute the soak verdict directly in SQL, print the evidence, exit 0 go, 1 no_go, 3 pending.
-    Verdict(VerdictArgs),
+    Verdict(Box<VerdictArgs>),
 }
 
 /// Where the database is and how the events table is shaped.
