@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{DemoConfig, RolloutConfig, ServeConfig};
+use crate::config::{DemoConfig, HttpConfig, RolloutConfig, ServeConfig};
 use crate::metrics::ExporterMetrics;
 use crate::rollout::{Flags, Phase, PhaseState};
 use crate::source::postgres::SourceError;
@@ -38,6 +38,7 @@ enum Traffic {
 
 pub struct App {
     listener: TcpListener,
+    http: HttpConfig,
     state: State,
     traffic: Traffic,
     flags_file: Option<PathBuf>,
@@ -69,17 +70,19 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
 
 impl App {
     pub async fn build_serve(cfg: ServeConfig) -> Result<App, AppError> {
-        let listener = bind(cfg.listen).await?;
+        let listener = bind(cfg.http.listen).await?;
+        let http = cfg.http.clone();
         let phase = read_flags(cfg.rollout.flags_file.as_ref());
         let state = State::new(cfg.rollout.clone(), phase, ExporterMetrics::new());
         let flags_file = cfg.rollout.flags_file.clone();
         let follower = Follower::new(cfg)?;
-        Ok(App { listener, state, traffic: Traffic::Postgres(Box::new(follower)), flags_file })
+        Ok(App { listener, http, state, traffic: Traffic::Postgres(Box::new(follower)), flags_file })
     }
 
     /// The demo defaults to phase `full` begun one soak window ago, unless flags are given.
     pub async fn build_demo(mut cfg: DemoConfig) -> Result<App, AppError> {
-        let listener = bind(cfg.listen).await?;
+        let listener = bind(cfg.http.listen).await?;
+        let http = cfg.http.clone();
         let env_flags = Flags::from_env();
         let phase = if cfg.rollout.flags_file.is_none() && env_flags == Flags::default() {
             Flags { v3: Some("true".into()), shadow: Some("false".into()), max_parallel: Some("3".into()) }.phase()
@@ -91,7 +94,7 @@ impl App {
         }
         let state = State::new(cfg.rollout.clone(), phase, ExporterMetrics::new());
         let flags_file = cfg.rollout.flags_file.clone();
-        Ok(App { listener, state, traffic: Traffic::Demo(Box::new(cfg)), flags_file })
+        Ok(App { listener, http, state, traffic: Traffic::Demo(Box::new(cfg)), flags_file })
     }
 
     pub fn port(&self) -> u16 {
@@ -119,13 +122,22 @@ impl App {
             shutdown.await;
             let _ = tx.send(true);
         });
-        let router = crate::http::router(self.state.clone());
-        tracing::info!(addr = %self.listener.local_addr().map_err(AppError::Serve)?, "listening");
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = server_rx.wait_for(|stop| *stop).await;
-            })
-            .await;
+        let router = crate::http::router_with(self.state.clone(), &self.http);
+        let addr = self.listener.local_addr().map_err(AppError::Serve)?;
+        let stop = async move {
+            let _ = server_rx.wait_for(|stop| *stop).await;
+        };
+        let served = match self.http.web.as_ref().and_then(|w| w.tls.clone()) {
+            Some(tls) => {
+                tracing::info!(%addr, tls = true, "listening");
+                let listener = crate::web::TlsListener::new(self.listener, tls).map_err(AppError::Serve)?;
+                axum::serve(listener, router).with_graceful_shutdown(stop).await
+            }
+            None => {
+                tracing::info!(%addr, tls = false, "listening");
+                axum::serve(self.listener, router).with_graceful_shutdown(stop).await
+            }
+        };
         let _ = tokio::time::timeout(DRAIN, traffic).await;
         watcher.abort();
         served.map_err(AppError::Serve)

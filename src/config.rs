@@ -144,6 +144,12 @@ pub struct CommonArgs {
     /// Memory bound of the booking state machine.
     #[arg(long, env = "MAX_TRACKED_BOOKINGS", default_value = "100000")]
     pub max_tracked_bookings: String,
+    /// TLS and basic-auth configuration in the Prometheus exporter-toolkit format.
+    #[arg(long, env = "WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+    /// Paths served without basic auth when --web-config-file sets users (comma-separated).
+    #[arg(long, env = "WEB_OPEN_PATHS", default_value = "/healthz,/readyz")]
+    pub web_open_paths: String,
     #[command(flatten)]
     pub rollout: RolloutArgs,
 }
@@ -351,6 +357,14 @@ pub struct RolloutConfig {
     pub circuit_hold: Duration,
 }
 
+/// The HTTP side: where to listen, TLS and basic auth.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub web: Option<crate::web::WebConfig>,
+    pub open_paths: Vec<String>,
+}
+
 /// What the tally needs, for `serve` and `demo` alike.
 #[derive(Debug, Clone)]
 pub struct TallyConfig {
@@ -364,7 +378,7 @@ pub struct TallyConfig {
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub listen: SocketAddr,
+    pub http: HttpConfig,
     pub db: DatabaseConfig,
     pub poll_interval: Duration,
     pub overlap: Duration,
@@ -376,7 +390,7 @@ pub struct ServeConfig {
 
 #[derive(Debug, Clone)]
 pub struct DemoConfig {
-    pub listen: SocketAddr,
+    pub http: HttpConfig,
     pub scenario: Scenario,
     pub rate: u32,
     pub tally: TallyConfig,
@@ -566,7 +580,7 @@ impl RolloutArgs {
 }
 
 impl CommonArgs {
-    fn validate(&self) -> Result<(SocketAddr, TallyConfig, RolloutConfig), ConfigError> {
+    fn validate(&self) -> Result<(HttpConfig, TallyConfig, RolloutConfig), ConfigError> {
         let listen: SocketAddr = self
             .listen
             .trim()
@@ -609,7 +623,21 @@ impl CommonArgs {
             max_tracked_bookings,
         };
         let rollout = self.rollout.validate(soak)?;
-        Ok((listen, tally, rollout))
+        let web = match &self.web_config_file {
+            None => None,
+            Some(path) => Some(crate::web::WebConfig::load(path).map_err(|e| bad("--web-config-file", e.to_string()))?),
+        };
+        let open_paths = self
+            .web_open_paths
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        if let Some(p) = open_paths.iter().find(|p| !p.starts_with('/')) {
+            return Err(bad("--web-open-paths", format!("{p:?} must start with /")));
+        }
+        Ok((HttpConfig { listen, web, open_paths }, tally, rollout))
     }
 }
 
@@ -618,7 +646,7 @@ impl Command {
     pub fn validate(&self) -> Result<Validated, ConfigError> {
         match self {
             Command::Serve(a) => {
-                let (listen, tally, rollout) = a.common.validate()?;
+                let (http, tally, rollout) = a.common.validate()?;
                 let poll_interval = positive_duration("--poll-interval", &a.poll_interval)?;
                 let overlap = parse_duration("--overlap", &a.overlap)?;
                 if overlap > Duration::from_secs(86_400) {
@@ -630,7 +658,7 @@ impl Command {
                     return Err(bad("--reconcile-window", "must be at least --overlap and at most 24h"));
                 }
                 Ok(Validated::Serve(ServeConfig {
-                    listen,
+                    http,
                     db: a.db.validate()?,
                     poll_interval,
                     overlap,
@@ -641,12 +669,12 @@ impl Command {
                 }))
             }
             Command::Demo(a) => {
-                let (listen, tally, rollout) = a.common.validate()?;
+                let (http, tally, rollout) = a.common.validate()?;
                 let rate: u32 = parse_num("--rate", &a.rate, "a whole number")?;
                 if !(1..=10_000).contains(&rate) {
                     return Err(bad("--rate", "must be between 1 and 10000 bookings per second"));
                 }
-                Ok(Validated::Demo(DemoConfig { listen, scenario: a.scenario, rate, tally, rollout }))
+                Ok(Validated::Demo(DemoConfig { http, scenario: a.scenario, rate, tally, rollout }))
             }
             Command::Verdict(a) => {
                 let soak = window("--window", &a.window)?;

@@ -11,8 +11,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use prometheus::Registry;
 
+use crate::config::HttpConfig;
 use crate::rollout::Decision;
 use crate::state::State;
+use crate::web::{require_auth, AuthLayer};
 
 /// Exposition content type of the text format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -23,7 +25,7 @@ struct Ctx {
     registry: Arc<Registry>,
 }
 
-/// The router, without a listener (tests drive it with `oneshot`).
+/// The router, without a listener and without access control (tests drive it with `oneshot`).
 pub fn router(state: State) -> Router {
     let registry = Arc::new(crate::metrics::registry(&state).expect("metric names are valid and unique"));
     Router::new()
@@ -34,6 +36,28 @@ pub fn router(state: State) -> Router {
         .route("/gate", get(gate).post(gate))
         .route("/verdict", get(verdict))
         .with_state(Ctx { state, registry })
+}
+
+/// The router with the web configuration applied: basic auth (except on the open paths) and
+/// extra response headers.
+pub fn router_with(state: State, http: &HttpConfig) -> Router {
+    let mut router = router(state);
+    if let Some(web) = &http.web {
+        if let Some(auth) = &web.auth {
+            let layer = AuthLayer { auth: auth.clone(), open_paths: Arc::new(http.open_paths.clone()) };
+            router = router.layer(axum::middleware::from_fn_with_state(layer, require_auth));
+        }
+        for (name, value) in web.headers.clone() {
+            router = router.layer(axum::middleware::map_response(move |mut res: Response| {
+                let (name, value) = (name.clone(), value.clone());
+                async move {
+                    res.headers_mut().insert(name, value);
+                    res
+                }
+            }));
+        }
+    }
+    router
 }
 
 async fn metrics(AxumState(cx): AxumState<Ctx>) -> Response {

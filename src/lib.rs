@@ -14,6 +14,7 @@
 //! - [`rollout`]: flags -> phase; evidence -> criteria -> decision.
 //! - [`state`]: the snapshots the source publishes and the HTTP side reads.
 //! - [`metrics`], [`http`], [`verdict`]: the outputs (/metrics, /gate, /verdict, the CLI verdict).
+//! - [`web`]: `--web-config-file` (TLS, basic auth) in the exporter-toolkit format.
 //! - [`app`]: wiring and graceful shutdown.
 
 pub mod app;
@@ -26,6 +27,7 @@ pub mod source;
 pub mod state;
 pub mod tally;
 pub mod verdict;
+pub mod web;
 
 /// Sets up logging: `RUST_LOG` (default `info`), text or JSON lines on stderr.
 pub fn init_logging(format: config::LogFormat) {
