@@ -404,8 +404,9 @@ pub struct VerdictConfig {
     pub rollout: RolloutConfig,
 }
 
-/// A validated command: what `main` dispatches on.
+/// A validated command: what `main` dispatches on. Built once at start, so its size is no concern.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Validated {
     Serve(ServeConfig),
     Demo(DemoConfig),
