@@ -26,10 +26,11 @@ MIN_SUCCESS_RATIO = 0.97
 MAX_MANUAL_REVIEW_RATIO = 0.01
 MAX_RETRY_RATIO = 0.1
 MAX_LOCK_CONTENTION_RATIO = 0.05
+MIN_STARTS = 100
 MAX_POLL_STALENESS_SECONDS = 120
-SOAK_WINDOW = "48h"  # --soak as written: the window label of the soak-window series
-SOAK = f'window="{SOAK_WINDOW}"'
-STARTS = 'event_type="coordinator.start"'
+# The soak-window panels read the gate's own observations (assignment_rollout_gate_observed), never a
+# `window` label: the soak-window series are labelled with --soak as written, so a selector on the
+# default's label would go empty with `--soak 2d`. Only the per-window panels show `window`.
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 # Every selector carries the three template variables (dashboard-linter target-job/instance rules).
@@ -43,6 +44,11 @@ def sel(extra: str = "") -> str:
 def rate(metric: str, extra: str = "", by: str = "") -> str:
     inner = f"rate({metric}{sel(extra)}[$__rate_interval])"
     return f"sum by ({by}) ({inner})" if by else f"sum({inner})"
+
+
+def observed(criterion: str) -> str:
+    """The value the gate compares with its threshold for `criterion`, over the soak window."""
+    return "assignment_rollout_gate_observed" + sel(f'criterion="{criterion}"')
 
 
 RED, GREEN, YELLOW, BLUE = "red", "green", "yellow", "blue"
@@ -221,14 +227,18 @@ def status_panels(d: Dash, compact: bool):
                 "(assignment_rollout_verdict_due_timestamp_seconds).", "dateTimeAsIso",
                 [(f"assignment_rollout_verdict_due_timestamp_seconds{sel()} * 1000", "{{instance}}")],
                 w=w, h=5, thresholds=steps((None, BLUE)), options={**STAT_BG, "colorMode": "value"})
-    d.panel("stat", f"Success ratio ({SOAK_WINDOW})", "coordinator.confirmed / coordinator.start over the "
-            "soak window. Passes at or above 97% (red below).", "percentunit",
-            [(f'assignment_coordinator_success_ratio{sel(SOAK)}',
-              "{{instance}}")], w=w, h=5, thresholds=SUCCESS_STEPS, decimals=2, options=STAT_BG)
-    d.panel("stat", f"Manual-review ratio ({SOAK_WINDOW})", "coordinator.manual_review / coordinator.start "
-            "over the soak window. Passes strictly below 1% (red at 1% and above).", "percentunit",
-            [(f'assignment_coordinator_manual_review_ratio{sel(SOAK)}',
-              "{{instance}}")], w=w, h=5, thresholds=MANUAL_STEPS, decimals=2, options=STAT_BG)
+    d.panel("stat", "Success ratio (soak window)", "coordinator.confirmed / coordinator.start over the "
+            "soak window (--soak), exactly as the gate compares it "
+            "(assignment_rollout_gate_observed{criterion=\"success_ratio\"}; empty while the soak window "
+            "holds no start). Passes at or above 97% (red below).", "percentunit",
+            [(observed("success_ratio"), "{{instance}}")], w=w, h=5, thresholds=SUCCESS_STEPS, decimals=2,
+            options=STAT_BG)
+    d.panel("stat", "Manual-review ratio (soak window)", "coordinator.manual_review / coordinator.start "
+            "over the soak window (--soak), exactly as the gate compares it "
+            "(assignment_rollout_gate_observed{criterion=\"manual_review_ratio\"}; empty while the soak "
+            "window holds no start). Passes strictly below 1% (red at 1% and above).", "percentunit",
+            [(observed("manual_review_ratio"), "{{instance}}")], w=w, h=5, thresholds=MANUAL_STEPS,
+            decimals=2, options=STAT_BG)
     d.panel("stat", "Gate criteria", "Each criterion of the gate (assignment_rollout_gate_passing): "
             "green passes, red fails.", "none",
             [(f"max by (criterion) (assignment_rollout_gate_passing{sel()})", "{{criterion}}")],
@@ -250,10 +260,11 @@ def full_dashboard() -> dict:
             "(assignment_rollout_error_budget_remaining_bookings; negative when already below).", "short",
             [(f"assignment_rollout_error_budget_remaining_bookings{sel()}", "{{instance}}")], w=8, h=5,
             thresholds=steps((None, RED), (0, GREEN)), options=STAT_VALUE)
-    d.panel("stat", "Starts in the soak window", "coordinator.start rows in the soak window; fewer than "
-            "--min-starts (100) keeps the decision pending.", "short",
-            [(f'assignment_coordinator_window_events{sel(f"{SOAK}, {STARTS}")}',
-              "{{instance}}")], w=8, h=5, thresholds=steps((None, YELLOW), (100, GREEN)), options=STAT_VALUE)
+    d.panel("stat", "Starts in the soak window", "coordinator.start rows in the soak window (--soak), as "
+            "the gate counts them (assignment_rollout_gate_observed{criterion=\"min_starts\"}); fewer than "
+            f"--min-starts ({MIN_STARTS}) keeps the decision pending.", "short",
+            [(observed("min_starts"), "{{instance}}")], w=8, h=5,
+            thresholds=steps((None, YELLOW), (MIN_STARTS, GREEN)), options=STAT_VALUE)
     d.panel("stat", "Phase started", "When the active phase began (--phase-started-at, else when the "
             "exporter saw it begin).", "dateTimeAsIso",
             [(f"assignment_rollout_phase_started_timestamp_seconds{sel()} * 1000", "{{instance}}")], w=8, h=5,
@@ -298,10 +309,11 @@ def full_dashboard() -> dict:
     d.row("Traffic")
     d.panel("timeseries", "Coordinator events by type", "Coordinator events per second by event_type.",
             "cps", [(rate("assignment_coordinator_events_total", "", "event_type"), "{{event_type}}")], w=12)
-    d.panel("bargauge", f"Events in the soak window ({SOAK_WINDOW})", "Rows per event type in the soak "
-            "window (assignment_coordinator_window_events).", "short",
-            [(f'sum by (event_type) (assignment_coordinator_window_events{sel(SOAK)})',
-              "{{event_type}}")], w=12,
+    d.panel("bargauge", "Events per window", "Rows per window of --windows and event type "
+            "(assignment_coordinator_window_events). The soak window is always one of them, labelled "
+            "with --soak as written; the gate's own soak counts are in the Rollout status row.", "short",
+            [("sum by (window, event_type) (assignment_coordinator_window_events" + sel() + ")",
+              "{{window}} {{event_type}}")], w=12,
             options={"displayMode": "basic", "orientation": "horizontal", "showUnfilled": True,
                      "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}})
     d.panel("timeseries", "Retries by reason", "coordinator.retry events per second by reason.", "cps",

@@ -9,6 +9,7 @@ exists, `rollout-exporter serve --help` (the defaults the code really has).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -19,7 +20,15 @@ import kitlib as k
 GATE = {
     "--min-success-ratio": ("rollout:threshold:min_success_ratio", "MIN_SUCCESS_RATIO"),
     "--max-manual-review-ratio": ("rollout:threshold:max_manual_review_ratio", "MAX_MANUAL_REVIEW_RATIO"),
-    "--min-starts": ("rollout:threshold:min_starts", None),
+    "--min-starts": ("rollout:threshold:min_starts", "MIN_STARTS"),
+}
+
+
+WINDOW_MATCHER = re.compile(r'\bwindow\s*(?:=|!=|=~|!~)\s*"[^"]*"')
+# soak alert -> the gate criteria it must read (the ratio, then the minimum-traffic guard)
+SOAK_ALERTS = {
+    "RolloutSoakSuccessRatioBelowThreshold": ("success_ratio", "min_starts"),
+    "RolloutManualReviewRatioTooHigh": ("manual_review_ratio", "min_starts"),
 }
 
 
@@ -81,13 +90,22 @@ def main() -> None:
     names = re.findall(r"record:\s*(rollout:threshold:\w+)", text)
     r.check(len(names) == len(set(names)), "each rollout:threshold:* is defined once")
 
-    # The soak window label the rules and dashboards use is the default --soak.
-    soak_docs = docs.get("--soak")
-    r.check(soak_docs == "48h" and 'window="48h"' in text and gen.SOAK_WINDOW == soak_docs,
-            f"rules and dashboards use window=\"{gen.SOAK_WINDOW}\", the default --soak ({soak_docs})")
-    if helpd is not None:
-        r.check(helpd.get("--soak") == gen.SOAK_WINDOW,
-                f"`serve --help` default --soak ({helpd.get('--soak')}) is the window label in use")
+    # The soak-window series are labelled with --soak as written, so nothing may select a window
+    # label: the soak is read from assignment_rollout_gate_observed{criterion}, whatever --soak is.
+    code = "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#"))
+    pinned = sorted(set(WINDOW_MATCHER.findall(code)))
+    r.check(not pinned, "no rule selects a `window` label (it follows --soak as written)", str(pinned))
+    for path in k.DASHBOARDS:
+        exprs = [t["expr"] for _p, t in k.dashboard_exprs(json.loads(path.read_text()))]
+        pinned = sorted({m for e in exprs for m in WINDOW_MATCHER.findall(e)})
+        r.check(not pinned, f"{path.relative_to(k.REPO)}: no query selects a `window` label", str(pinned))
+    for alert, criteria in SOAK_ALERTS.items():
+        m = re.search(rf"- alert:\s*{alert}\s*\n\s*expr:\s*\|?\n?(.*?)\n\s*for:", code, re.S)
+        expr = m.group(1) if m else ""
+        missing = [c for c in criteria if f'assignment_rollout_gate_observed{{criterion="{c}"}}' not in expr]
+        r.check(m is not None and not missing,
+                f"{alert} reads assignment_rollout_gate_observed for {', '.join(criteria)}",
+                f"missing {missing} in:\n{expr}")
     r.exit()
 
 
