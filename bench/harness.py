@@ -1,0 +1,1000 @@
+#!/usr/bin/env python3
+"""End-to-end benchmarks of rollout-exporter and its peers (issue 6). Run through bench/run.sh.
+
+Starts a throwaway PostgreSQL cluster under target/bench/<mode>/, seeds it, and measures, per size:
+start-up vs the runbook's 48 h query in psql, idle and 1,000-row polls (histogram and
+pg_stat_statements), follow throughput under a concurrent pgbench writer, /metrics latency and
+wrk throughput, peak RSS, and the same scrape figures plus database time for query-exporter and
+postgres_exporter. Everything started here is killed on exit, on failure and on SIGTERM/SIGINT.
+Standard library only.
+"""
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+SOURCE = "assignment.coordinator"
+CI = os.environ.get("CI") == "true"
+WINDOW_S = 48 * 3600
+
+
+class Fail(Exception):
+    """A broken step: the run stops and exits non-zero."""
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Procs:
+    """Every process this run starts, so that all of them are killed whatever happens."""
+
+    def __init__(self, pidfile):
+        self.pidfile = pidfile
+        self.live = {}
+
+    def _write(self):
+        self.pidfile.write_text("".join(f"{p}\n" for p in self.live))
+
+    def start(self, name, cmd, log_path, env=None):
+        f = open(log_path, "ab")
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env, start_new_session=True)
+        f.close()
+        self.live[p.pid] = (name, p)
+        self._write()
+        return p
+
+    def stop(self, p, grace=10):
+        if p.pid not in self.live:
+            return
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(5)
+        del self.live[p.pid]
+        self._write()
+
+    def stop_all(self):
+        for _, p in list(self.live.values()):
+            self.stop(p, grace=5)
+
+
+def as_postgres(cmd):
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def run(cmd, timeout=600, check=True, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise Fail(f"{' '.join(map(str, cmd[:6]))}... exited {r.returncode}: {r.stderr.strip()[-800:]}")
+    return r
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vm(pid, key):
+    """VmHWM / VmRSS of a process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise Fail(f"no {key} for pid {pid}")
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+class Cluster:
+    """A throwaway cluster on a free loopback port, pg_stat_statements preloaded when it loads."""
+
+    def __init__(self, base, procs, shared_buffers):
+        self.dir = base / "pg"
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.procs = procs
+        self.pgss = False
+        self.shared_buffers = shared_buffers
+        self.running = False
+
+    def _pg_ctl(self, *args, check=True, timeout=120):
+        return run(as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), *args]), check=check, timeout=timeout)
+
+    def init(self):
+        if (self.data / "postmaster.pid").exists():
+            self._pg_ctl("-m", "immediate", "-w", "stop", check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        run(as_postgres([str(PG_BIN / "initdb"), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8",
+                         "-D", str(self.data)]))
+        pkglib = run([str(PG_BIN / "pg_config"), "--pkglibdir"]).stdout.strip()
+        has_pgss = Path(pkglib, "pg_stat_statements.so").exists()
+        if not has_pgss and CI:
+            raise Fail("pg_stat_statements is not installed (postgresql-contrib)")
+        conf = [
+            "listen_addresses = '127.0.0.1'",
+            f"port = {self.port}",
+            f"unix_socket_directories = '{self.dir}'",
+            f"shared_buffers = '{self.shared_buffers}'",
+            # A benchmark of the exporter, not of the disk: no fsync waits for the writers.
+            "fsync = off", "synchronous_commit = off", "full_page_writes = off",
+            "max_wal_size = '8GB'", "checkpoint_timeout = '30min'",
+            "max_connections = 50",
+        ]
+        with open(self.data / "postgresql.conf", "a") as f:
+            f.write("\n# bench/harness.py\n" + "\n".join(conf) + "\n")
+        self.start(with_pgss=has_pgss)
+
+    def start(self, with_pgss):
+        auto = self.data / "postgresql.auto.conf"
+        lines = [l for l in auto.read_text().splitlines() if "pg_stat_statements" not in l
+                 and "shared_preload_libraries" not in l]
+        if with_pgss:
+            lines += ["shared_preload_libraries = 'pg_stat_statements'",
+                      "pg_stat_statements.track_planning = on", "pg_stat_statements.max = 10000"]
+        auto.write_text("\n".join(lines) + "\n")
+        r = self._pg_ctl("-l", str(self.dir / "postgres.log"), "-w", "-t", "60", "start", check=False)
+        if r.returncode != 0:
+            if with_pgss:
+                log("PostgreSQL did not start with pg_stat_statements; starting without it")
+                self._pg_ctl("-m", "immediate", "-w", "stop", check=False)
+                return self.start(with_pgss=False)
+            raise Fail(f"pg_ctl start failed: {r.stderr.strip()}; see {self.dir / 'postgres.log'}")
+        self.running = True
+        if with_pgss:
+            self.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            self.pgss = True
+        elif CI:
+            raise Fail("PostgreSQL could not load pg_stat_statements")
+
+    def stop(self):
+        if self.running:
+            r = self._pg_ctl("-m", "fast", "-w", "-t", "30", "stop", check=False)
+            if r.returncode != 0:
+                self._pg_ctl("-m", "immediate", "-w", "stop", check=False)
+            self.running = False
+
+    def url(self, user, db):
+        return f"postgres://{user}@127.0.0.1:{self.port}/{db}"
+
+    def psql_base(self, db="postgres", user="postgres"):
+        return ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port),
+                "-U", user, "-d", db]
+
+    def sql(self, sql, db="postgres", timeout=1800):
+        return run(self.psql_base(db) + ["-c", sql], timeout=timeout).stdout.strip()
+
+    def one(self, sql, db="postgres"):
+        out = self.sql(sql, db)
+        return out.splitlines()[0] if out else ""
+
+    def timed(self, sql, db, runs=3):
+        """Median of `runs` psql \\timing figures (ms) after one warm-up run."""
+        times = []
+        for _ in range(runs + 1):
+            out = run(self.psql_base(db) + ["-c", "\\timing on", "-c", sql], timeout=600).stdout
+            m = re.findall(r"Time: ([\d.]+) ms", out)
+            if not m:
+                raise Fail(f"psql printed no timing for the runbook query: {out[-300:]}")
+            times.append(float(m[-1]))
+        return statistics.median(times[1:])
+
+    # pg_stat_statements, as seen from the postgres database, for one role on one database.
+    def pgss_total(self, user, db):
+        if not self.pgss:
+            return None
+        out = self.one(
+            "SELECT coalesce(sum(calls), 0), coalesce(sum(total_exec_time + total_plan_time), 0) "
+            "FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid JOIN pg_database d ON d.oid = s.dbid "
+            f"WHERE r.rolname = '{user}' AND d.datname = '{db}'")
+        calls, ms = out.split("|")
+        return int(calls), float(ms)
+
+    def pgss_top(self, user, db, limit=6):
+        if not self.pgss:
+            return []
+        out = self.sql(
+            "SELECT calls, round((total_exec_time + total_plan_time)::numeric, 3), rows, "
+            "left(regexp_replace(query, '\\s+', ' ', 'g'), 110) "
+            "FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid JOIN pg_database d ON d.oid = s.dbid "
+            f"WHERE r.rolname = '{user}' AND d.datname = '{db}' ORDER BY 2 DESC LIMIT {limit}")
+        top = []
+        for line in out.splitlines():
+            calls, ms, rows, q = line.split("|", 3)
+            top.append({"calls": int(calls), "ms": float(ms), "rows": int(rows), "query": q})
+        return top
+
+    def wait_idle(self, user, timeout=90):
+        """Until the role has no running statement (a scrape-time peer's queries outlive wrk)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            n = int(self.one(f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND state = 'active'"))
+            if n == 0:
+                return
+            time.sleep(0.5)
+        raise Fail(f"{user} still had running statements after {timeout}s")
+
+
+def schema_bigint():
+    """SCHEMA_BIGINT of the test suite, read from its source so both always agree."""
+    text = (ROOT / "tests/suite/helpers.rs").read_text()
+    m = re.search(r'pub const SCHEMA_BIGINT: &str = "(.*?)";', text, re.S)
+    if not m:
+        raise Fail("SCHEMA_BIGINT not found in tests/suite/helpers.rs")
+    return m.group(1)
+
+
+def mix_sql(n, created):
+    """INSERT of n rows (g = 1..n) of the writer's mix with a created_at expression of g."""
+    script = (BENCH / "sql/writer.sql").read_text()
+    body = "\n".join(l for l in script.splitlines() if not l.startswith(("--", "\\")))
+    body = body.replace(":r", "txid_current()").replace(":batch", str(n))
+    return body.replace("(source, event_type, context)", "(source, event_type, context, created_at)").replace(
+        "END\nFROM generate_series", f"END,\n       {created}\nFROM generate_series")
+
+
+def coordinator_sql(n, created):
+    """INSERT of n coordinator rows only (start/confirmed pairs), created_at an expression of g."""
+    return ("INSERT INTO observability_events (source, event_type, context, created_at) "
+            f"SELECT '{SOURCE}', CASE WHEN g % 2 = 1 THEN 'coordinator.start' ELSE 'coordinator.confirmed' END, "
+            "jsonb_build_object('booking_id', 'p' || r.x || '-' || (g + 1) / 2), " + created +
+            f" FROM generate_series(1, {n}) AS g, (SELECT (floor(random() * 2e9))::int8 AS x) AS r")
+
+
+def seed(cl, db, n, roles):
+    """CREATE DATABASE db with n rows over 48 h: bookings of the coordinator (~70%) with the
+    runbook's event mix, other sources (~30%), then the shipped index and VACUUM ANALYZE."""
+    t0 = time.time()
+    cl.sql(f"DROP DATABASE IF EXISTS {db}")
+    cl.sql(f"CREATE DATABASE {db}")
+    cl.sql(schema_bigint(), db)
+    # Per booking: start; retry 6% (reason); lock_contention 2% (reason); then confirmed 97.5%,
+    # manual_review 0.5%, error 2% (reasons). 2.08 coordinator rows per booking.
+    bookings = max(1, round(0.7 * n / 2.08))
+    others = max(1, n - round(bookings * 2.08))
+    chunks = max(1, n // 500_000)
+    for i in range(chunks):
+        b0, b1 = bookings * i // chunks, bookings * (i + 1) // chunks
+        o0, o1 = others * i // chunks, others * (i + 1) // chunks
+        cl.sql(f"""
+INSERT INTO observability_events (source, event_type, context, created_at)
+SELECT '{SOURCE}', e.et,
+       jsonb_build_object('booking_id', 'bk-' || b)
+         || CASE WHEN e.reason IS NULL THEN '{{}}'::jsonb ELSE jsonb_build_object('reason', e.reason) END,
+       t.t0 + (b * {WINDOW_S}.0 / {bookings} + e.off_s) * interval '1 second'
+FROM (SELECT now() - interval '{WINDOW_S + 30} seconds' AS t0) AS t,
+     generate_series({b0}, {b1 - 1}) AS b
+     CROSS JOIN LATERAL (SELECT (b * 761) % 1000 AS r) AS h
+     CROSS JOIN LATERAL (VALUES
+       (true, 'coordinator.start', NULL::text, 0),
+       (h.r < 60, 'coordinator.retry', (ARRAY['upstream_timeout', 'no_driver_available', 'rate_limited'])[1 + b % 3], 1),
+       (h.r >= 60 AND h.r < 80, 'coordinator.lock_contention', 'advisory_lock_timeout', 2),
+       (h.r < 975, 'coordinator.confirmed', NULL, 3),
+       (h.r >= 975 AND h.r < 980, 'coordinator.manual_review', (ARRAY['ambiguous_address', 'vip_customer'])[1 + b % 2], 3),
+       (h.r >= 980, 'coordinator.error', (ARRAY['db_timeout', 'upstream_5xx', 'unexpected_state'])[1 + b % 3], 3)
+     ) AS e(keep, et, reason, off_s)
+WHERE e.keep;
+INSERT INTO observability_events (source, event_type, context, created_at)
+SELECT (ARRAY['booking.api', 'legacy.planner', 'payments.webhook'])[1 + g % 3],
+       (ARRAY['request', 'plan', 'webhook.received'])[1 + g % 3],
+       jsonb_build_object('request_id', g, 'path', '/v1/bookings'),
+       t.t0 + (g * {WINDOW_S}.0 / {others}) * interval '1 second'
+FROM (SELECT now() - interval '{WINDOW_S + 30} seconds' AS t0) AS t, generate_series({o0}, {o1 - 1}) AS g;
+""", db)
+    run(cl.psql_base(db) + ["-f", str(ROOT / "deploy/sql/index.sql")], timeout=3600)
+    cl.sql("VACUUM ANALYZE observability_events", db)
+    for role in roles:
+        cl.sql(f"GRANT CONNECT ON DATABASE {db} TO {role}")
+        cl.sql(f"GRANT USAGE ON SCHEMA public TO {role}; GRANT SELECT ON observability_events TO {role}", db)
+    total = int(cl.one("SELECT count(*) FROM observability_events", db))
+    coord = int(cl.one(f"SELECT count(*) FROM observability_events WHERE source = '{SOURCE}'", db))
+    secs = time.time() - t0
+    log(f"seeded {db}: {total:,} rows ({coord:,} coordinator) in {secs:.1f}s")
+    return {"rows": total, "coordinator_rows": coord, "seed_seconds": round(secs, 1)}
+
+
+# ---------------------------------------------------------------- HTTP and metrics
+
+
+def get(port, path, timeout=60):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read().decode("utf-8", "replace")
+    finally:
+        c.close()
+
+
+def parse_metrics(text):
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if m:
+            out.setdefault(m.group(1), []).append((m.group(2) or "", float(m.group(3))))
+    return out
+
+
+def metric_sum(ms, name):
+    return sum(v for _, v in ms.get(name, []))
+
+
+def wait_for(what, cond, timeout, interval=0.02):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            v = cond()
+            if v:
+                return v
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(interval)
+    raise Fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def sequential(port, n, budget_s):
+    """Sequential GET /metrics on one keep-alive connection: up to n requests or budget_s seconds."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    lat, size = [], 0
+    end = time.time() + budget_s
+    try:
+        while len(lat) < n and (len(lat) < 3 or time.time() < end):
+            t = time.perf_counter()
+            c.request("GET", "/metrics")
+            r = c.getresponse()
+            body = r.read()
+            lat.append(time.perf_counter() - t)
+            if r.status != 200:
+                raise Fail(f"/metrics answered {r.status}")
+            size = len(body)
+    finally:
+        c.close()
+    lat.sort()
+    pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
+    return {"requests": len(lat), "p50_ms": pct(0.50), "p99_ms": pct(0.99), "bytes": size}
+
+
+def wrk(port, seconds):
+    if not shutil.which("wrk"):
+        if CI:
+            raise Fail("wrk is not installed")
+        log("wrk not installed: skipping the wrk step")
+        return None
+    r = run(["wrk", "-t2", "-c4", f"-d{seconds}s", "--timeout", "30s", f"http://127.0.0.1:{port}/metrics"],
+            timeout=seconds + 60)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
+    if not m:
+        raise Fail(f"wrk printed no Requests/sec: {r.stdout[-400:]}")
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout)
+    errors = re.search(r"Socket errors: (.*)", r.stdout)
+    done = re.search(r"(\d+) requests in", r.stdout)
+    if bad:
+        raise Fail(f"wrk got {bad.group(1)} non-2xx answers")
+    return {"rps": float(m.group(1)), "requests": int(done.group(1)) if done else None,
+            "seconds": seconds, "socket_errors": errors.group(1).strip() if errors else ""}
+
+
+# ---------------------------------------------------------------- writers
+
+
+class Writer:
+    def __init__(self, cl, db, procs, logdir):
+        self.cl, self.db, self.procs, self.logdir = cl, db, procs, logdir
+        self.pgbench = shutil.which("pgbench") or str(PG_BIN / "pgbench")
+
+    def start(self, rows_per_s, seconds, batch, clients=2):
+        tps = rows_per_s / batch
+        cmd = [self.pgbench, "-n", "-h", "127.0.0.1", "-p", str(self.cl.port), "-U", "postgres",
+               "-f", str(BENCH / "sql/writer.sql"), "-D", f"batch={batch}", "-c", str(clients), "-j", str(clients),
+               "-R", f"{tps:.3f}", "-T", str(int(seconds)), self.db]
+        return self.procs.start("pgbench", cmd, self.logdir / "pgbench.log")
+
+    def stop(self, p):
+        self.procs.stop(p)
+
+    def max_id(self):
+        return int(self.cl.one("SELECT coalesce(max(id), 0) FROM observability_events", self.db) or 0)
+
+
+# ---------------------------------------------------------------- our exporter
+
+
+class Ours:
+    USER = "bench_ours"
+
+    def __init__(self, binary, cl, db, procs, logdir, interval_s, phase_started):
+        self.port = free_port()
+        self.cl, self.db, self.procs, self.interval = cl, db, procs, interval_s
+        env = dict(os.environ, RUST_LOG="info", FEATURE_ASSIGNMENT_PIPELINE_V3="true",
+                   FEATURE_ASSIGNMENT_PIPELINE_V3_SHADOW="false", FEATURE_ASSIGNMENT_PIPELINE_V3_MAX_PARALLEL="3")
+        for k in ("DATABASE_URL", "DATABASE_URL_FILE", "LISTEN_ADDR", "FLAGS_FILE"):
+            env.pop(k, None)
+        self.cmd = [binary, "serve", "--database-url", cl.url(self.USER, db), "--listen", f"127.0.0.1:{self.port}",
+                    "--poll-interval", f"{interval_s}s", "--environment", "bench", "--phase-started-at", phase_started]
+        self.env = env
+        self.logpath = logdir / f"rollout-exporter-{db}.log"
+        self.p = None
+
+    def start(self):
+        t = time.perf_counter()
+        self.p = self.procs.start("rollout-exporter", self.cmd, self.logpath, env=self.env)
+
+        def ready():
+            if self.p.poll() is not None:
+                raise Fail(f"rollout-exporter exited {self.p.returncode}; see {self.logpath}")
+            return get(self.port, "/readyz", timeout=5)[0] == 200
+        wait_for("/readyz 200", ready, timeout=600, interval=0.01)
+        return time.perf_counter() - t
+
+    def metrics(self):
+        status, body = get(self.port, "/metrics")
+        if status != 200:
+            raise Fail(f"/metrics answered {status}")
+        return parse_metrics(body)
+
+    def polls(self):
+        m = self.metrics()
+        return (metric_sum(m, "rollout_exporter_poll_duration_seconds_count"),
+                metric_sum(m, "rollout_exporter_poll_duration_seconds_sum"),
+                metric_sum(m, "rollout_exporter_polled_rows_total"),
+                metric_sum(m, "rollout_exporter_poll_errors_total"))
+
+    def wait_polls(self, count, k, timeout=None):
+        timeout = timeout or (k + 2) * self.interval + 60
+        return wait_for(f"{k} more poll(s)", lambda: (lambda p: p if p[0] >= count + k else None)(self.polls()),
+                        timeout=timeout)
+
+    def measure_polls(self, k):
+        """Mean duration (exporter histogram) and database time per poll over the next k polls."""
+        c0, s0, r0, e0 = self.polls()
+        g0 = self.cl.pgss_total(self.USER, self.db)
+        c1, s1, r1, e1 = self.wait_polls(c0, k)
+        g1 = self.cl.pgss_total(self.USER, self.db)
+        if e1 > e0:
+            raise Fail(f"{int(e1 - e0)} poll error(s); see {self.logpath}")
+        n = c1 - c0
+        return {"polls": int(n), "mean_ms": (s1 - s0) / n * 1000, "rows_read_per_poll": (r1 - r0) / n,
+                "db_ms_per_poll": (g1[1] - g0[1]) / n if g0 else None,
+                "statements_per_poll": (g1[0] - g0[0]) / n if g0 else None}
+
+    def last_event(self):
+        vals = [v for _, v in self.metrics().get("assignment_coordinator_last_event_timestamp_seconds", [])]
+        return max(vals) if vals else 0.0
+
+    def total(self):
+        return metric_sum(self.metrics(), "assignment_coordinator_events_total")
+
+    def stop(self):
+        if self.p:
+            self.procs.stop(self.p)
+
+
+def db_time_per_minute(cl, user, db, port, seconds, writer, rate):
+    """Database time (exec + plan, pg_stat_statements) one exporter costs while Prometheus scrapes it
+    every 5 s and a writer inserts at the production rate, over `seconds`, scaled to a minute."""
+    if not cl.pgss:
+        return None
+    w = writer.start(max(rate, 1), seconds + 5, batch=max(1, int(rate)), clients=1)
+    try:
+        g0 = cl.pgss_total(user, db)
+        t0 = time.time()
+        scrapes = 0
+        while time.time() - t0 < seconds:
+            t = time.time()
+            status, _ = get(port, "/metrics", timeout=120)
+            if status != 200:
+                raise Fail(f"/metrics answered {status} during the database-time interval")
+            scrapes += 1
+            time.sleep(max(0.0, 5 - (time.time() - t)))
+        elapsed = time.time() - t0
+        g1 = cl.pgss_total(user, db)
+    finally:
+        writer.stop(w)
+    return {"ms_per_min": (g1[1] - g0[1]) * 60 / elapsed, "statements_per_min": (g1[0] - g0[0]) * 60 / elapsed,
+            "measured_s": round(elapsed, 1), "scrapes": scrapes}
+
+
+def follow(ours, writer, rates, step_s, batch):
+    """Steps of a concurrent writer; a step holds when the ingest lag (now - newest coordinator
+    created_at the exporter counted) stays under 2 x the poll interval with no poll error."""
+    steps, best = [], 0.0
+    bound = 2 * ours.interval
+    for rate in rates:
+        c0, s0, _, e0 = ours.polls()
+        id0 = writer.max_id()
+        t0 = time.time()
+        w = writer.start(rate, step_s, batch=batch)
+        max_lag = 0.0
+        try:
+            deadline = t0 + step_s + 30
+            while w.poll() is None and time.time() < deadline:
+                if time.time() - t0 > ours.interval + 1:
+                    max_lag = max(max_lag, time.time() - ours.last_event())
+                time.sleep(0.25)
+            if w.poll() is None:
+                raise Fail("pgbench did not finish its step")
+        finally:
+            writer.stop(w)
+        written = writer.max_id() - id0
+        elapsed = time.time() - t0
+        # The exporter catches up with the last rows, or the step fails.
+        c1 = ours.polls()[0]
+        try:
+            ours.wait_polls(c1, 2, timeout=6 * ours.interval + 60)
+            caught_up = True
+        except Fail:
+            caught_up = False
+        c2, s2, _, e2 = ours.polls()
+        achieved = written / step_s
+        ok = max_lag < bound and e2 == e0 and caught_up
+        steps.append({"target_rows_s": rate, "achieved_rows_s": round(achieved), "max_lag_s": round(max_lag, 2),
+                      "poll_mean_ms": round((s2 - s0) / max(1, c2 - c0) * 1000, 1), "poll_errors": int(e2 - e0),
+                      "ok": ok, "elapsed_s": round(elapsed, 1)})
+        log(f"follow {rate:,} rows/s: wrote {achieved:,.0f} rows/s, max lag {max_lag:.2f}s, "
+            f"mean poll {steps[-1]['poll_mean_ms']} ms, {'ok' if ok else 'LAG BOUND MISSED'}")
+        if not ok:
+            break
+        best = max(best, achieved)
+        if achieved < 0.8 * rate:
+            steps[-1]["writer_bound"] = True
+            log("the writer could not reach the target rate: stopping the steps (writer-bound)")
+            break
+    return {"best_rows_s": round(best), "lag_bound_s": bound, "steps": steps}
+
+
+def measure_ours(args, binary, cl, db, size, procs, logdir, res):
+    interval = args.poll_interval
+    n_rate = size["rows"] / WINDOW_S  # the production rate the seed implies, rows/s
+    writer = Writer(cl, db, procs, logdir)
+    out = {}
+    q48 = (BENCH / "sql/runbook_48h.sql").read_text()
+    q6 = (BENCH / "sql/runbook_6h.sql").read_text()
+    log(f"{db}: timing the runbook's queries in psql")
+    out["psql_48h_ms"] = cl.timed(q48, db)
+    out["psql_6h_ms"] = cl.timed(q6, db)
+    out["psql_48h_plan"] = cl.sql("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + q48.split("\n", 2)[2], db)
+    phase = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=49)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ours = Ours(binary, cl, db, procs, logdir, interval, phase)
+    try:
+        log(f"{db}: starting rollout-exporter")
+        out["startup_s"] = ours.start()
+        m = ours.metrics()
+        out["load_s"] = metric_sum(m, "rollout_exporter_load_duration_seconds")
+        out["startup_ratio"] = out["startup_s"] * 1000 / out["psql_48h_ms"]
+        out["load_statements"] = cl.pgss_top(Ours.USER, db)
+        sql_total = int(cl.one(f"SELECT count(*) FROM observability_events WHERE source = '{SOURCE}'", db))
+        c0 = ours.polls()[0]
+        ours.wait_polls(c0, 1)
+        if abs(ours.total() - sql_total) > 0:
+            raise Fail(f"exporter counts {ours.total():.0f} coordinator rows, SQL {sql_total}")
+        # Steady state: the overlap margin (2 min) holds rows at the production rate, as it would in
+        # production. Insert them, let one poll count them, then measure polls with nothing new.
+        topup = max(10, int(n_rate * 120))
+        cl.sql(mix_sql(topup, f"now() - ({topup} - g) * interval '{120.0 / topup} seconds'"), db)
+        ours.wait_polls(ours.polls()[0], 1)
+        log(f"{db}: polls with no new rows")
+        out["poll_idle"] = ours.measure_polls(2)
+        log(f"{db}: a poll with 1,000 new rows")
+        c = ours.polls()[0]
+        ours.wait_polls(c, 1)
+        cl.sql(coordinator_sql(1000, "now()"), db)
+        out["poll_1000"] = ours.measure_polls(1)
+        out["poll_statements"] = cl.pgss_top(Ours.USER, db)
+        log(f"{db}: /metrics sequential and wrk")
+        out["seq"] = sequential(ours.port, args.seq_requests, 30)
+        out["wrk"] = wrk(ours.port, args.wrk_seconds)
+        log(f"{db}: database time over {args.db_seconds}s")
+        out["db"] = db_time_per_minute(cl, Ours.USER, db, ours.port, args.db_seconds, writer, n_rate)
+        out["rss_steady_mib"] = vm(ours.p.pid, "VmHWM")
+        log(f"{db}: follow throughput")
+        out["follow"] = follow(ours, writer, args.rates, args.step_seconds, args.batch)
+        out["rss_after_follow_mib"] = vm(ours.p.pid, "VmHWM")
+        sql_total = int(cl.one(f"SELECT count(*) FROM observability_events WHERE source = '{SOURCE}'", db))
+        ours.wait_polls(ours.polls()[0], 1)
+        if ours.total() != sql_total:
+            raise Fail(f"after the writer: exporter counts {ours.total():.0f} coordinator rows, SQL {sql_total}")
+        out["exact_after_follow"] = True
+    finally:
+        ours.stop()
+    res["ours"] = out
+
+
+# ---------------------------------------------------------------- peers
+
+
+def runbook_sql(window):
+    return "\n".join(l for l in (BENCH / f"sql/runbook_{window}.sql").read_text().splitlines()
+                     if not l.startswith("--")).rstrip().rstrip(";")
+
+
+def peer_query_exporter(cl, db, port, cached, path):
+    """query-exporter: the runbook's 6 h and 48 h queries; `interval: 5` caches, none runs per scrape."""
+    metrics, queries = {}, {}
+    for w in ("6h", "48h"):
+        metrics[f"runbook_{w}_total"] = {"type": "gauge", "labels": ["event_type"]}
+        metrics[f"runbook_{w}_no_reason_percent"] = {"type": "gauge", "labels": ["event_type"]}
+        q = {"databases": ["bench"], "metrics": [f"runbook_{w}_total", f"runbook_{w}_no_reason_percent"],
+             "sql": f"SELECT event_type, total AS runbook_{w}_total, success_rate_percent AS runbook_{w}_no_reason_percent "
+                    f"FROM ({runbook_sql(w)}) AS runbook"}
+        if cached:
+            q["interval"] = 5
+        queries[f"runbook_{w}"] = q
+    cfg = {"databases": {"bench": {"dsn": f"postgresql://bench_qe@127.0.0.1:{cl.port}/{db}"}},
+           "metrics": metrics, "queries": queries}
+    path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
+    venv = ROOT / "target/bench/venv/bin/query-exporter"
+    return [str(venv), "--config", str(path), "-H", "127.0.0.1", "-p", str(port)], None, "runbook_48h_total"
+
+
+def peer_postgres_exporter(cl, db, port, cached, path):
+    """postgres_exporter 0.11 (Debian): the same queries through --extend.query-path, cache_seconds 5."""
+    cfg = {}
+    for w in ("6h", "48h"):
+        q = {"query": runbook_sql(w), "master": True, "metrics": [
+            {"event_type": {"usage": "LABEL", "description": "event type"}},
+            {"total": {"usage": "GAUGE", "description": f"rows in the last {w}"}},
+            {"success_rate_percent": {"usage": "GAUGE", "description": "share of rows without a reason, %"}}]}
+        if cached:
+            q["cache_seconds"] = 5
+        cfg[f"runbook_{w}"] = q
+    path.write_text(json.dumps(cfg, indent=1))
+    env = dict(os.environ, DATA_SOURCE_NAME=f"postgresql://bench_pge@127.0.0.1:{cl.port}/{db}?sslmode=disable")
+    binary = shutil.which("prometheus-postgres-exporter") or shutil.which("postgres_exporter")
+    return [binary, "--disable-default-metrics", "--disable-settings-metrics", f"--extend.query-path={path}",
+            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], env, "runbook_48h_total"
+
+
+PEERS = [
+    ("query-exporter", "bench_qe", peer_query_exporter),
+    ("postgres_exporter", "bench_pge", peer_postgres_exporter),
+]
+
+
+def measure_peer(args, cl, db, size, procs, logdir, name, user, build, cached):
+    port = free_port()
+    mode = "cached 5s" if cached else "at scrape"
+    cmd, env, marker = build(cl, db, port, cached, logdir / f"{name}-{db}-{'cached' if cached else 'scrape'}.yaml")
+    if not cmd[0]:
+        raise Fail(f"{name} is not installed")
+    logpath = logdir / f"{name}-{db}.log"
+    p = procs.start(name, cmd, logpath, env=env)
+    out = {"mode": mode}
+    try:
+        t = time.perf_counter()
+
+        def ready():
+            if p.poll() is not None:
+                raise Fail(f"{name} exited {p.returncode}; see {logpath}")
+            s, body = get(port, "/metrics", timeout=120)
+            return s == 200 and marker in body
+        wait_for(f"{name} to export {marker}", ready, timeout=180, interval=0.1)
+        out["ready_s"] = time.perf_counter() - t
+        log(f"{db}: {name} ({mode}): sequential and wrk")
+        out["seq"] = sequential(port, args.seq_requests, args.slow_budget)
+        out["wrk"] = wrk(port, args.wrk_seconds)
+        cl.wait_idle(user)
+        log(f"{db}: {name} ({mode}): database time over {args.db_seconds}s")
+        out["db"] = db_time_per_minute(cl, user, db, port, args.db_seconds, Writer(cl, db, procs, logdir),
+                                       size["rows"] / WINDOW_S)
+        out["rss_mib"] = vm(p.pid, "VmHWM")
+        out["statements"] = cl.pgss_top(user, db, 4)
+    finally:
+        procs.stop(p)
+    cl.wait_idle(user)
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt(v, unit="", digits=None):
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    if digits is None:
+        digits = 0 if abs(v) >= 100 else 1 if abs(v) >= 10 else 2 if abs(v) >= 1 else 3
+    return f"{v:,.{digits}f}{unit}"
+
+
+def table(results):
+    head = ["size", "exporter", "mode", "start-up to ready", "vs psql 48 h", "poll, no new rows", "poll, 1,000 rows",
+            "follow (lag < 2x poll)", "/metrics p50", "/metrics p99", "req/s wrk -c4", "peak RSS", "DB time / min"]
+    rows = []
+    for r in results:
+        o = r.get("ours")
+        label = f"{r['size']['rows'] / 1e6:.2f}M".replace(".00M", "M")
+        if o:
+            pi, p1 = o["poll_idle"], o["poll_1000"]
+            poll = lambda p: f"{fmt(p['mean_ms'], ' ms')} ({fmt(p['db_ms_per_poll'], ' ms DB')}, {p['rows_read_per_poll']:,.0f} rows read)"
+            fol = o["follow"]
+            fol_s = f"{fol['best_rows_s']:,} rows/s" + (" (writer-bound)" if any(s.get("writer_bound") for s in fol["steps"]) else "")
+            rows.append([label, "rollout-exporter", "follows, 5 s polls",
+                         f"{fmt(o['startup_s'], ' s')}", f"{fmt(o['startup_ratio'], 'x')} of {fmt(o['psql_48h_ms'] / 1000, ' s')}",
+                         poll(pi), poll(p1), fol_s,
+                         fmt(o["seq"]["p50_ms"], " ms"), fmt(o["seq"]["p99_ms"], " ms"),
+                         fmt(o["wrk"]["rps"] if o["wrk"] else None),
+                         f"{fmt(o['rss_steady_mib'], ' MiB')} ({fmt(o['rss_after_follow_mib'], ' MiB')} after follow)",
+                         fmt(o["db"]["ms_per_min"] if o["db"] else None, " ms")])
+        for peer in r.get("peers", []):
+            seq = peer["seq"]
+            rows.append([label, peer["name"], peer["mode"], "–", "–", "–", "–", "–",
+                         fmt(seq["p50_ms"], " ms") + ("" if seq["requests"] >= 1000 else f" (n={seq['requests']})"),
+                         fmt(seq["p99_ms"], " ms"), fmt(peer["wrk"]["rps"] if peer["wrk"] else None),
+                         fmt(peer["rss_mib"], " MiB"), fmt(peer["db"]["ms_per_min"] if peer["db"] else None, " ms")])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def targets(results):
+    """The issue's targets at the largest size, each with its measured value and verdict."""
+    big = max(results, key=lambda r: r["size"]["rows"])
+    small = min(results, key=lambda r: r["size"]["rows"])
+    o, o1 = big["ours"], small["ours"]
+    peers = big.get("peers", [])
+    cached = [p for p in peers if p["mode"].startswith("cached") and p["wrk"]]
+    best_cached = max((p["wrk"]["rps"] for p in cached), default=None)
+    qe = [p for p in peers if p["name"] == "query-exporter" and p["db"]]
+    qe_min = min((p["db"]["ms_per_min"] for p in qe), default=None)
+    rps = o["wrk"]["rps"] if o["wrk"] else None
+    ours_db = o["db"]["ms_per_min"] if o["db"] else None
+    t = []
+
+    def add(name, value, ok):
+        t.append((name, value, "met" if ok else "**missed**" if ok is not None else "not measured"))
+    add("/metrics p50 <= 0.5 ms", fmt(o["seq"]["p50_ms"], " ms"), o["seq"]["p50_ms"] <= 0.5)
+    add("/metrics p99 <= 2 ms", fmt(o["seq"]["p99_ms"], " ms"), o["seq"]["p99_ms"] <= 2)
+    add("requests/s under wrk -c4 >= 15,000 and >= 10x the best cached peer",
+        f"{fmt(rps)} (best cached peer {fmt(best_cached)})",
+        None if rps is None else rps >= 15000 and (best_cached is None or rps >= 10 * best_cached))
+    add("numbers never older than the poll interval", f"poll every {o['follow']['lag_bound_s'] / 2:g} s, "
+        f"mean poll {fmt(o['poll_idle']['mean_ms'], ' ms')}", o["poll_idle"]["mean_ms"] < 1000)
+    ratio = (qe_min / ours_db) if qe_min and ours_db else None
+    add("database time per minute >= 500x smaller than query-exporter's at the same freshness",
+        f"{fmt(ours_db, ' ms')} vs {fmt(qe_min, ' ms')} ({fmt(ratio, 'x')})", None if ratio is None else ratio >= 500)
+    add("poll with no new rows <= 5 ms", fmt(o["poll_idle"]["mean_ms"], " ms"), o["poll_idle"]["mean_ms"] <= 5)
+    add("start-up <= 1.5x the runbook's 48 h aggregate", f"{fmt(o['startup_s'], ' s')} vs {fmt(o['psql_48h_ms'] / 1000, ' s')} "
+        f"({fmt(o['startup_ratio'], 'x')})", o["startup_ratio"] <= 1.5)
+    add("peak RSS <= 20 MiB", fmt(o["rss_steady_mib"], " MiB"), o["rss_steady_mib"] <= 20)
+    flat = o["rss_steady_mib"] <= o1["rss_steady_mib"] * 1.1
+    add("peak RSS flat from the smallest to the largest size (within 10%)",
+        f"{fmt(o1['rss_steady_mib'], ' MiB')} -> {fmt(o['rss_steady_mib'], ' MiB')}", flat)
+    pge = [p["rss_mib"] for p in peers if p["name"] == "postgres_exporter"]
+    add("(aim) peak RSS below postgres_exporter's", f"{fmt(o['rss_steady_mib'], ' MiB')} vs {fmt(min(pge) if pge else None, ' MiB')}",
+        (o["rss_steady_mib"] < min(pge)) if pge else None)
+    add("follow >= 20,000 rows/s with bounded lag", f"{o['follow']['best_rows_s']:,} rows/s", o["follow"]["best_rows_s"] >= 20000)
+    return t
+
+
+def machine(cl):
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
+                if l.startswith("MemTotal")), 0) / 1024 / 1024
+
+    def v(cmd):
+        try:
+            return run(cmd, check=False, timeout=30).stdout.strip().splitlines()[0]
+        except Exception:  # noqa: BLE001 - a version string is informative only
+            return "?"
+    commit = v(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
+                check=False).stdout.strip()
+    pip = ROOT / "target/bench/venv/bin/pip"
+    qe = next((l for l in run([str(pip), "show", "query-exporter"], check=False).stdout.splitlines()
+               if l.startswith("Version")), "?") if pip.exists() else "?"
+    pge = shutil.which("prometheus-postgres-exporter")
+    return {
+        "nproc": os.cpu_count(), "memory_gib": round(mem, 1), "cpu": cpu,
+        "kernel": platform_release(), "debian": Path("/etc/debian_version").read_text().strip()
+        if Path("/etc/debian_version").exists() else "?",
+        "postgres": cl.one("SELECT version()"), "rustc": v(["rustc", "--version"]),
+        "exporter_commit": commit + (" (with uncommitted changes in src/)" if dirty else ""),
+        "query_exporter": qe.replace("Version: ", ""),
+        "postgres_exporter": v([pge, "--version"]) if pge else "?",
+        "wrk": v(["dpkg-query", "-W", "-f", "${Version}", "wrk"]),
+        "python": sys.version.split()[0],
+    }
+
+
+def platform_release():
+    return os.uname().release
+
+
+def write_doc(path, results, mach, cmd, started, args, cl):
+    gen = [
+        "<!-- bench:begin (generated by bench/run.sh; edit outside the markers) -->",
+        f"Measured {started} on {mach['nproc']} cores ({mach['cpu']}), {mach['memory_gib']} GiB, Debian "
+        f"{mach['debian']}, kernel {mach['kernel']}; {mach['postgres'].split(',')[0]}; {mach['rustc']}; "
+        f"rollout-exporter at {mach['exporter_commit']}; query-exporter {mach['query_exporter']} (Python "
+        f"{mach['python']}); {mach['postgres_exporter'].split('(')[0].strip()}; wrk {mach['wrk']}.",
+        "",
+        "Reproduce:",
+        "",
+        "```sh",
+        cmd,
+        "```",
+        "",
+        table(results),
+        "",
+        "Targets of issue 6, at the largest size:",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+    ]
+    gen += [f"| {a} | {b} | {c} |" for a, b, c in targets(results)]
+    gen += ["", "Details per size:", ""]
+    for r in results:
+        o = r["ours"]
+        s = r["size"]
+        gen.append(f"- **{s['rows']:,} rows** ({s['coordinator_rows']:,} coordinator; seeded in {s['seed_seconds']} s, "
+                   "not part of the results). psql, median of 3 after a warm-up: runbook 48 h query "
+                   f"{fmt(o['psql_48h_ms'], ' ms')}, 6 h query {fmt(o['psql_6h_ms'], ' ms')}. Start-up load "
+                   f"{fmt(o['load_s'], ' s')} of {fmt(o['startup_s'], ' s')} to ready. "
+                   f"/metrics body {o['seq']['bytes']:,} bytes.")
+        gen.append(f"  - follow steps (target -> written rows/s, max lag, mean poll): " + "; ".join(
+            f"{st['target_rows_s']:,} -> {st['achieved_rows_s']:,}, {st['max_lag_s']} s, {st['poll_mean_ms']} ms"
+            + ("" if st["ok"] else " **lag bound missed**") for st in o["follow"]["steps"]))
+        if o.get("load_statements"):
+            gen.append("  - start-up statements (pg_stat_statements, ms exec+plan): " + "; ".join(
+                f"{fmt(x['ms'])} ms x{x['calls']} `{x['query'][:70]}`" for x in o["load_statements"][:3]))
+        for p in r.get("peers", []):
+            w = p["wrk"]
+            gen.append(f"  - {p['name']} {p['mode']}: ready after {fmt(p['ready_s'], ' s')}; sequential "
+                       f"{p['seq']['requests']} requests; wrk {w['requests'] if w else '–'} requests in {w['seconds'] if w else '–'} s; "
+                       f"DB {fmt(p['db']['statements_per_min'] if p['db'] else None)} statements/min")
+        gen.append("  - runbook 48 h plan: `" + " / ".join(
+            l.strip() for l in o["psql_48h_plan"].splitlines()
+            if any(k in l for k in ("Scan", "Gather", "Workers", "Execution Time")))[:400] + "`")
+    gen += ["", "Cluster: a throwaway PostgreSQL started by the harness (shared_buffers "
+            f"{cl.shared_buffers}, fsync/synchronous_commit/full_page_writes off for the writers, other settings "
+            "default), one database per size, schema SCHEMA_BIGINT of tests/suite/helpers.rs and "
+            "deploy/sql/index.sql, VACUUM ANALYZE after seeding. Database time is pg_stat_statements "
+            "total_exec_time + total_plan_time of the exporter's own role, measured over "
+            f"{args.db_seconds} s while scraped every 5 s and while a writer inserts at the rate the seed implies "
+            "(rows / 48 h), scaled to one minute. wrk runs -t2 -c4 for "
+            f"{args.wrk_seconds} s with --timeout 30s, for every mode; sequential latency is up to "
+            f"{args.seq_requests} requests on one keep-alive connection from Python http.client (at most "
+            f"{args.slow_budget} s for slow modes, n shown).",
+            "<!-- bench:end -->"]
+    block = "\n".join(gen)
+    if path.exists():
+        text = path.read_text()
+        if "<!-- bench:begin" in text and "<!-- bench:end -->" in text:
+            text = re.sub(r"<!-- bench:begin.*?<!-- bench:end -->", lambda _: block, text, flags=re.S)
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+    else:
+        text = "# Benchmarks\n\n" + block + "\n"
+    path.write_text(text)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--sizes", default="1000000,10000000")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--poll-interval", type=int, default=5)
+    ap.add_argument("--seq-requests", type=int, default=2000)
+    ap.add_argument("--slow-budget", type=float, default=15)
+    ap.add_argument("--wrk-seconds", type=int, default=10)
+    ap.add_argument("--db-seconds", type=int, default=30)
+    ap.add_argument("--rates", default="2500,5000,10000,20000,40000,80000")
+    ap.add_argument("--step-seconds", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--doc", default=str(ROOT / "docs/benchmarks.md"))
+    ap.add_argument("--command", default="bench/run.sh")
+    args = ap.parse_args()
+    if args.smoke:
+        args.sizes, args.no_peers, args.poll_interval = "10000", True, 1
+        args.seq_requests, args.wrk_seconds, args.db_seconds = 300, 2, 4
+        args.rates, args.step_seconds, args.batch = "2000", 4, 100
+    args.rates = [int(x) for x in args.rates.split(",")]
+    sizes = [int(x) for x in args.sizes.split(",")]
+
+    base = ROOT / "target/bench" / ("smoke" if args.smoke else "full")
+    base.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    procs = Procs(base / "pids")
+    cl = Cluster(base, procs, "128MB" if args.smoke else "2GB")
+
+    def on_signal(sig, _frame):
+        raise Fail(f"signal {sig}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results = []
+    step = "cluster"
+    try:
+        log(f"throwaway PostgreSQL in {cl.dir} on 127.0.0.1:{cl.port}")
+        cl.init()
+        if not cl.pgss:
+            log("pg_stat_statements unavailable: database times are not measured")
+        roles = [Ours.USER] + [u for _, u, _ in PEERS]
+        for role in roles:
+            cl.sql(f"CREATE ROLE {role} LOGIN")
+        for n in sizes:
+            db = f"bench_{n}"
+            step = f"seed {n:,}"
+            log(f"seeding {n:,} rows into {db}")
+            size = seed(cl, db, n, roles)
+            r = {"size": size}
+            step = f"rollout-exporter at {n:,}"
+            measure_ours(args, args.binary, cl, db, size, procs, base, r)
+            if not args.no_peers:
+                r["peers"] = []
+                for name, user, build in PEERS:
+                    for cached in (False, True):
+                        step = f"{name} at {n:,}"
+                        p = measure_peer(args, cl, db, size, procs, base, name, user, build, cached)
+                        p["name"] = name
+                        r["peers"].append(p)
+            results.append(r)
+            if not args.smoke:
+                cl.sql(f"DROP DATABASE {db}")  # room for the next size
+            (base / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        print(table(results))
+        mach = machine(cl)
+        (base / "results.json").write_text(json.dumps({"machine": mach, "results": results}, indent=1, default=str))
+        if args.smoke:
+            o = results[0]["ours"]
+            missing = [k for k in ("startup_s", "poll_idle", "poll_1000", "seq", "rss_steady_mib", "follow") if not o.get(k)]
+            if missing or not o["follow"]["steps"] or not o["follow"]["steps"][0]["ok"]:
+                raise Fail(f"smoke results incomplete or follow step failed: {missing or o['follow']}")
+            log("smoke ok")
+        else:
+            print()
+            for a, b, c in targets(results):
+                print(f"{c:>14}  {a}: {b}")
+            write_doc(Path(args.doc), results, mach, args.command, started, args, cl)
+            log(f"wrote {args.doc} and {base / 'results.json'}")
+    except Fail as e:
+        log(f"FAILED at step '{step}': {e}")
+        return 1
+    finally:
+        procs.stop_all()
+        cl.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# End-to-end benchmarks of rollout-exporter and its peers; see docs/benchmarks.md.
+#
+#   bench/run.sh            full run: 1M and 10M rows, our exporter, query-exporter and
+#                           postgres_exporter side by side; prints the table and rewrites the
+#                           generated part of docs/benchmarks.md (about 25 minutes on 2 cores)
+#   bench/run.sh --smoke    ~10,000 rows, our exporter only, every step of its path, < 60 s;
+#                           what scripts/test.sh runs so the harness keeps working
+#   extra arguments go to bench/harness.py (e.g. --sizes 1000000 --no-peers)
+#
+# Needs PostgreSQL 15 server binaries (initdb, pg_ctl, pgbench; /usr/lib/postgresql/15/bin or
+# PG_BIN), psql, python3 and wrk; the full run also installs query-exporter into
+# target/bench/venv (PyPI) and prometheus-postgres-exporter (Debian). Everything listens on
+# 127.0.0.1 only. ROLLOUT_EXPORTER_BIN picks the binary (default: cargo build --release).
+# With CI=true a missing tool is a failure, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+smoke=0
+args=()
+for a in "$@"; do
+  case "$a" in
+    --smoke) smoke=1; args+=("$a") ;;
+    *) args+=("$a") ;;
+  esac
+done
+mode=$([ "$smoke" = 1 ] && echo smoke || echo full)
+base="target/bench/$mode"
+mkdir -p "$base"
+
+fail() { echo "bench/run.sh: $*" >&2; exit 1; }
+
+# Whatever happens (failure, Ctrl-C, SIGTERM), kill what the harness started (its pid file lists
+# them, one process group each) and stop the throwaway cluster.
+py=""
+cleanup() {
+  local rc=$?
+  if [ -n "$py" ] && kill -0 "$py" 2>/dev/null; then
+    kill -TERM "$py" 2>/dev/null || true  # the harness stops its own processes first
+    for _ in $(seq 1 30); do kill -0 "$py" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$py" 2>/dev/null || true
+  fi
+  if [ -s "$base/pids" ]; then
+    while read -r pid; do
+      [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null || true
+    done < "$base/pids"
+    sleep 1
+    while read -r pid; do
+      [ -n "$pid" ] && kill -KILL -- "-$pid" 2>/dev/null || true
+    done < "$base/pids"
+    : > "$base/pids"
+  fi
+  if [ -f "$base/pg/data/postmaster.pid" ]; then
+    pg_ctl_cmd=("${PG_BIN:-/usr/lib/postgresql/15/bin}/pg_ctl" -D "$base/pg/data" -m immediate -w stop)
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "${pg_ctl_cmd[@]}" >/dev/null 2>&1 || true
+    else "${pg_ctl_cmd[@]}" >/dev/null 2>&1 || true; fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+pg_bin="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+for tool in "$pg_bin/initdb" "$pg_bin/pg_ctl" "$pg_bin/pgbench"; do
+  [ -x "$tool" ] || fail "missing $tool (Debian postgresql-15; or set PG_BIN)"
+done
+command -v psql >/dev/null || fail "missing psql"
+command -v python3 >/dev/null || fail "missing python3"
+if ! command -v wrk >/dev/null; then
+  if [ "${CI:-}" = true ] || [ "$smoke" = 0 ]; then fail "missing wrk (Debian wrk)"; fi
+  echo "bench/run.sh: warning: wrk missing, its step is skipped (CI fails instead)" >&2
+fi
+
+if [ "$smoke" = 0 ]; then
+  # The peers, installed on demand: query-exporter in its own venv, postgres_exporter from Debian
+  # without starting its service (the harness starts it on a loopback port).
+  if [ ! -x target/bench/venv/bin/query-exporter ]; then
+    python3 -m venv target/bench/venv
+    target/bench/venv/bin/pip install -q query-exporter psycopg2-binary
+  fi
+  if ! command -v prometheus-postgres-exporter >/dev/null; then
+    [ "$(id -u)" = 0 ] || fail "prometheus-postgres-exporter missing and not root"
+    policy=/usr/sbin/policy-rc.d
+    created_policy=0
+    if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created_policy=1; fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-postgres-exporter >/dev/null
+    [ "$created_policy" = 1 ] && rm -f "$policy"
+  fi
+fi
+
+bin="${ROLLOUT_EXPORTER_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --release --locked --quiet
+  bin="$PWD/target/release/rollout-exporter"
+fi
+[ -x "$bin" ] || fail "no exporter binary at $bin"
+
+cmd="bench/run.sh${*:+ $*}"
+# In the background so that a signal reaches the traps at once, not after the run.
+python3 bench/harness.py --binary "$bin" --command "$cmd" "${args[@]}" &
+py=$!
+wait "$py"
