@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row as _;
+use sqlx::{Postgres, Row as _, Transaction};
 
 /// A boxed, sendable database future; boxing at the creation site keeps `Send` provable.
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, sqlx::Error>> + Send>>;
@@ -228,6 +228,28 @@ pub struct PollPlan {
     pub rows_from_us: i64,
 }
 
+/// Opens a read-only transaction, sets its statement timeout and returns its database time.
+async fn begin(pool: &PgPool, setup: &Setup) -> Result<(Transaction<'static, Postgres>, i64), sqlx::Error> {
+    let mut tx = pool.begin_with(setup.begin).await?;
+    let now_us: i64 =
+        sqlx::query_scalar(NOW_US).persistent(false).bind(&setup.statement_timeout).fetch_one(&mut *tx).await?;
+    Ok((tx, now_us))
+}
+
+/// Runs a row query (`rows_since`, `rows_between`) with its microsecond bounds.
+async fn fetch_rows(
+    tx: &mut Transaction<'static, Postgres>,
+    sql: &str,
+    source: &str,
+    bounds: &[i64],
+) -> Result<Vec<Row>, sqlx::Error> {
+    let mut query = sqlx::query(sql).persistent(false).bind(source);
+    for b in bounds {
+        query = query.bind(*b);
+    }
+    query.fetch_all(&mut **tx).await?.iter().map(decode_row).collect()
+}
+
 fn decode_row(r: &PgRow) -> Result<Row, sqlx::Error> {
     Ok(Row {
         id: r.try_get::<Option<String>, _>(0)?.unwrap_or_default(),
@@ -314,9 +336,7 @@ impl Db {
         let (source, pool, q, setup) = self.parts(10, true);
         let stream_back_us = stream_back.as_micros() as i64;
         let work: BoxFuture<_> = Box::pin(async move {
-            let mut tx = pool.begin_with(setup.begin).await?;
-            let now_us: i64 =
-                sqlx::query_scalar(NOW_US).persistent(false).bind(setup.statement_timeout).fetch_one(&mut *tx).await?;
+            let (mut tx, now_us) = begin(&pool, &setup).await?;
             let stream_from = now_us - stream_back_us;
             let horizon_us = crate::tally::window_start_minute(now_us, longest_window) * crate::tally::US_PER_MINUTE;
             let mut groups = Vec::new();
@@ -344,15 +364,7 @@ impl Db {
                     buckets.push((event_type, minute, count, r.try_get::<i64, _>(6)?.max(0) as u64));
                 }
             }
-            let rows = sqlx::query(&q.rows_since)
-                .persistent(false)
-                .bind(&source)
-                .bind(stream_from)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(decode_row)
-                .collect::<Result<Vec<_>, _>>()?;
+            let rows = fetch_rows(&mut tx, &q.rows_since, &source, &[stream_from]).await?;
             tx.commit().await?;
             Ok(Loaded { now_us, groups, buckets, rows })
         });
@@ -364,9 +376,7 @@ impl Db {
     pub async fn poll(&mut self, plan: PollPlan) -> Result<Polled, SourceError> {
         let (source, pool, q, setup) = self.parts(1, true);
         let work: BoxFuture<_> = Box::pin(async move {
-            let mut tx = pool.begin_with(setup.begin).await?;
-            let now_us: i64 =
-                sqlx::query_scalar(NOW_US).persistent(false).bind(setup.statement_timeout).fetch_one(&mut *tx).await?;
+            let (mut tx, now_us) = begin(&pool, &setup).await?;
             let counts = if plan.count_from_us < plan.count_to_us {
                 sqlx::query_as::<_, (i64, i64)>(&q.minute_counts)
                     .persistent(false)
@@ -381,15 +391,7 @@ impl Db {
             } else {
                 Vec::new()
             };
-            let rows = sqlx::query(&q.rows_since)
-                .persistent(false)
-                .bind(&source)
-                .bind(plan.rows_from_us)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(decode_row)
-                .collect::<Result<Vec<_>, _>>()?;
+            let rows = fetch_rows(&mut tx, &q.rows_since, &source, &[plan.rows_from_us]).await?;
             tx.commit().await?;
             Ok(Polled { now_us, counts, rows })
         });
@@ -400,19 +402,8 @@ impl Db {
     pub async fn rows_between(&mut self, from_us: i64, to_us: i64) -> Result<Vec<Row>, SourceError> {
         let (source, pool, q, setup) = self.parts(1, false);
         let work: BoxFuture<_> = Box::pin(async move {
-            let mut tx = pool.begin_with(setup.begin).await?;
-            let _now: i64 =
-                sqlx::query_scalar(NOW_US).persistent(false).bind(setup.statement_timeout).fetch_one(&mut *tx).await?;
-            let rows = sqlx::query(&q.rows_between)
-                .persistent(false)
-                .bind(&source)
-                .bind(from_us)
-                .bind(to_us)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(decode_row)
-                .collect::<Result<Vec<_>, _>>()?;
+            let (mut tx, _now) = begin(&pool, &setup).await?;
+            let rows = fetch_rows(&mut tx, &q.rows_between, &source, &[from_us, to_us]).await?;
             tx.commit().await?;
             Ok(rows)
         });
@@ -427,9 +418,7 @@ impl Db {
     ) -> Result<(i64, Vec<(Option<String>, u64, u64)>, Vec<i64>), SourceError> {
         let (source, pool, q, setup) = self.parts(10, true);
         let work: BoxFuture<_> = Box::pin(async move {
-            let mut tx = pool.begin_with(setup.begin).await?;
-            let now_us: i64 =
-                sqlx::query_scalar(NOW_US).persistent(false).bind(setup.statement_timeout).fetch_one(&mut *tx).await?;
+            let (mut tx, now_us) = begin(&pool, &setup).await?;
             let start_us = crate::tally::window_start_minute(now_us, window_seconds) * crate::tally::US_PER_MINUTE;
             let counts = sqlx::query(&q.window_counts)
                 .persistent(false)

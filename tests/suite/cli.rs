@@ -226,3 +226,35 @@ async fn sighup_rereads_the_flags_file_without_stopping() {
     sigterm(&p);
     wait_exit(&mut p, Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_the_url_can_come_from_a_file() {
+    let db = TestDb::new().await;
+    let dir = TempDir::new("rex_urlfile");
+    let file = dir.path().join("database-url");
+    std::fs::write(&file, format!("{}\n", db.url)).unwrap();
+    let port = free_port();
+    let mut p = spawn_bin(
+        &[
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url-file",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    wait_ready(port).await;
+    sigterm(&p);
+    assert_eq!(wait_exit(&mut p, Duration::from_secs(5)).0, Some(0));
+    let logs = stderr_of(&mut p);
+    assert!(logs.lines().count() >= 3, "{logs}");
+    for line in logs.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(logs.contains("start-up load finished"));
+    db.drop_db().await;
+}
