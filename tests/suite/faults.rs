@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
 /// Runs a PostgreSQL or PgBouncer binary as the postgres user when we are root (both refuse root).
-fn as_postgres(program: &str) -> Command {
+pub fn as_postgres(program: &str) -> Command {
     if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--", program]);
@@ -22,7 +22,7 @@ fn as_postgres(program: &str) -> Command {
     }
 }
 
-fn pg_bin(name: &str) -> String {
+pub fn pg_bin(name: &str) -> String {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
         .unwrap_or_default();
@@ -34,7 +34,7 @@ fn pg_bin(name: &str) -> String {
         .map_or(name.to_string(), |p| p.display().to_string())
 }
 
-fn chown_postgres(path: &std::path::Path) {
+pub fn chown_postgres(path: &std::path::Path) {
     if is_root() {
         run_ok(Command::new("chown").args(["-R", "postgres:postgres"]).arg(path));
     }
@@ -177,9 +177,9 @@ async fn the_database_down_at_start_is_retried_and_metrics_are_served_meanwhile(
 
 /// A real PgBouncer on a free port in transaction mode with a pool of 2 server connections.
 pub struct Bouncer {
-    child: Child,
+    pub child: Child,
     pub port: u16,
-    _dir: TempDir,
+    pub _dir: TempDir,
 }
 
 impl Bouncer {
