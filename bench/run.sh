@@ -75,9 +75,10 @@ fi
 if [ "$smoke" = 0 ]; then
   # The peers, installed on demand: query-exporter in its own venv, postgres_exporter from Debian
   # without starting its service (the harness starts it on a loopback port).
-  if [ ! -x target/bench/venv/bin/query-exporter ]; then
+  # SQLAlchemy 2.1 maps postgresql:// to psycopg 3.
+  if ! { [ -x target/bench/venv/bin/query-exporter ] && target/bench/venv/bin/python -c 'import psycopg' 2>/dev/null; }; then
     python3 -m venv target/bench/venv
-    target/bench/venv/bin/pip install -q query-exporter psycopg2-binary
+    target/bench/venv/bin/pip install -q query-exporter 'psycopg[binary]'
   fi
   if ! command -v prometheus-postgres-exporter >/dev/null; then
     [ "$(id -u)" = 0 ] || fail "prometheus-postgres-exporter missing and not root"

@@ -59,5 +59,7 @@ cargo test --locked -- --test-threads=8
 export ROLLOUT_EXPORTER_BIN="$PWD/target/debug/rollout-exporter"
 log "alert and dashboard kit"
 bash tests/kit/run.sh
+log "bench smoke"
+bash bench/run.sh --smoke
 log "deploy kit"
 bash tests/deploy/run.sh
