@@ -152,6 +152,7 @@ async fn hardening_pg_terminate_backend_idle_or_mid_poll_loses_nothing_and_count
     let after = app.scrape().await;
     let grown = error_growth(&middle, &after, &["connect"]);
     assert_eq!(grown["connect"], 1, "exactly the terminated poll failed");
+    figure("pg_terminate_backend", &format!("idle kill: {:?} errors; mid-poll kill: {grown:?}", errors(&middle)));
     assert_eq!(totals.values().sum::<u64>(), 160);
     log.assert_answered_throughout("pg_terminate_backend");
     assert!(log.saw_down_then_up(), "{:?}", log.database_up);

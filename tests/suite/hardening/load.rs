@@ -51,9 +51,10 @@ impl Writer {
 }
 
 /// Retention compressed so that every bounded structure (the ids of the reconciliation window, the
-/// booking state machine) reaches its bound within seconds: growth after that would be a leak, not
-/// a window filling up. `SOAK_RETENTION=production` runs the soak with the defaults instead (the ids
-/// of 10 minutes and up to 100,000 bookings; docs/reliability.md gives both runs' figures).
+/// booking state machine) reaches its bound within a minute or two (ids are pruned by whole
+/// minutes): growth after that would be a leak, not a window filling up. `SOAK_RETENTION=production`
+/// runs the soak with the defaults instead (the ids of 10 minutes and up to 100,000 bookings;
+/// docs/reliability.md gives both runs' figures).
 const COMPRESSED: &[&str] = &[
     "--overlap",
     "10s",
