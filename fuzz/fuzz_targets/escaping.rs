@@ -103,8 +103,7 @@ fuzz_target!(|data: &[u8]| {
     let mut found = false;
     for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (name, labels, _) = parse_line(line).unwrap_or_else(|| panic!("unparseable line {line:?}"));
-        if name == "assignment_coordinator_events_total"
-            && labels.iter().any(|(k, v)| k == "event_type" && v == RETRY)
+        if name == "assignment_coordinator_events_total" && labels.iter().any(|(k, v)| k == "event_type" && v == RETRY)
         {
             found |= labels.iter().any(|(k, v)| k == "reason" && *v == want);
         }
