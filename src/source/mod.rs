@@ -252,7 +252,13 @@ impl Follower {
     pub async fn run(mut self, state: State, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(500);
         loop {
-            match self.load(&state).await {
+            // A load or poll blocked in the database is abandoned at shutdown (the connection
+            // goes with it), so SIGTERM never waits for a statement timeout.
+            let loaded = tokio::select! {
+                r = self.load(&state) => r,
+                _ = shutdown.changed() => return,
+            };
+            match loaded {
                 Ok(()) => break,
                 Err(e) => {
                     self.record_error(&state, &e, "start-up load");
@@ -273,7 +279,11 @@ impl Follower {
             if sleep_or_shutdown(wait, &mut shutdown).await {
                 return;
             }
-            match self.poll(&state).await {
+            let polled = tokio::select! {
+                r = self.poll(&state) => r,
+                _ = shutdown.changed() => return,
+            };
+            match polled {
                 Ok(n) => {
                     if failures > 0 {
                         tracing::info!(after_failures = failures, "database reachable again");
