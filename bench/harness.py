@@ -295,7 +295,7 @@ SELECT '{SOURCE}', e.et,
        t.t0 + (b * {WINDOW_S}.0 / {bookings} + e.off_s) * interval '1 second'
 FROM (SELECT now() - interval '{WINDOW_S + 30} seconds' AS t0) AS t,
      generate_series({b0}, {b1 - 1}) AS b
-     CROSS JOIN LATERAL (SELECT (b * 761) % 1000 AS r) AS h
+     CROSS JOIN LATERAL (SELECT (b::int8 * 761) % 1000 AS r) AS h
      CROSS JOIN LATERAL (VALUES
        (true, 'coordinator.start', NULL::text, 0),
        (h.r < 60, 'coordinator.retry', (ARRAY['upstream_timeout', 'no_driver_available', 'rate_limited'])[1 + b % 3], 1),
