@@ -586,7 +586,10 @@ def follow(ours, writer, rates, step_s, batch):
     return {"best_rows_s": round(best), "lag_bound_s": bound, "steps": steps}
 
 
-def measure_ours(args, binary, cl, db, size, procs, logdir, res):
+def measure_ours(args, binary, cl, db, size, procs, logdir, res, between):
+    """Everything about our exporter; `between()` (the peers) runs after the steady-state figures and
+    before the follow steps, so every exporter is measured on the seeded table, not on the rows
+    the follow writer adds (our exporter keeps running meanwhile: one cheap poll every 5 s)."""
     interval = args.poll_interval
     n_rate = size["rows"] / WINDOW_S  # the production rate the seed implies, rows/s
     writer = Writer(cl, db, procs, logdir)
@@ -628,6 +631,8 @@ def measure_ours(args, binary, cl, db, size, procs, logdir, res):
         # 60 s: one reconciliation (every minute by default) falls inside.
         out["db"] = db_time_per_minute(cl, Ours.USER, db, ours.port, args.db_seconds_ours, writer, n_rate)
         out["rss_steady_mib"] = vm(ours.p.pid, "VmHWM")
+        res["ours"] = out
+        between()
         log(f"{db}: follow throughput")
         out["follow"] = follow(ours, writer, args.rates, args.step_seconds, args.batch)
         out["rss_after_follow_mib"] = vm(ours.p.pid, "VmHWM")
@@ -985,8 +990,11 @@ def main():
             size = seed(cl, db, n, roles)
             r = {"size": size}
             step = f"rollout-exporter at {n:,}"
-            measure_ours(args, args.binary, cl, db, size, procs, base, r)
-            if not args.no_peers:
+
+            def peers(r=r, db=db, size=size, n=n):
+                nonlocal step
+                if args.no_peers:
+                    return
                 r["peers"] = []
                 for name, user, build in PEERS:
                     for cached in (False, True):
@@ -994,6 +1002,8 @@ def main():
                         p = measure_peer(args, cl, db, size, procs, base, name, user, build, cached)
                         p["name"] = name
                         r["peers"].append(p)
+                step = f"rollout-exporter follow at {n:,}"
+            measure_ours(args, args.binary, cl, db, size, procs, base, r, peers)
             results.append(r)
             if not args.smoke:
                 cl.sql(f"DROP DATABASE {db}")  # room for the next size
