@@ -6,6 +6,7 @@
 //! transactions. Every call also has a client-side deadline, because a paused pooler hangs instead
 //! of failing. Transactions are READ ONLY; the exporter never writes.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,21 +124,23 @@ impl Queries {
         let reason = format!("{ctx}::jsonb ->> 'reason'");
         let minute = format!("floor(extract(epoch FROM {ca}) / 60)::int8");
         Queries {
-            // The start-up load in ONE scan, for rows older than the part streamed row by row ($2):
-            // grouping set 1 gives the all-time counters (by event type, reason and the shape of
-            // context), grouping set 2 the per-minute buckets of the longest window (from $3; older
-            // rows land in a NULL minute that is skipped). Most frequent first, so they win the
-            // capped labels.
+            // The start-up load in ONE scan with one plain GROUP BY (which PostgreSQL can run as
+            // a parallel hash aggregate; GROUPING SETS cannot), for rows older than the part
+            // streamed row by row ($2): by event type, reason, the shape of context and, for rows
+            // of the longest window (from $3), the minute. The all-time counters and the
+            // per-minute buckets are both sums of these groups. `date_bin` keeps the minute
+            // arithmetic on timestamps (no numeric per row) and independent of the session time
+            // zone; `r #>> '{}'` is `context->>'reason'` from the already extracted value.
             load: format!(
-                "SELECT {et}::text, {reason}, jsonb_typeof({ctx}::jsonb -> 'reason'), jsonb_typeof({ctx}::jsonb), \
-                 CASE WHEN {ca} >= {ts3} THEN {minute} END, \
-                 count(*)::int8 AS n, (count(*) FILTER (WHERE {reason} IS NULL))::int8, {max_us}, \
-                 GROUPING({reason}) AS is_bucket \
-                 FROM {table} WHERE {src} = $1 AND {ca} < {ts2}{since} \
-                 GROUP BY GROUPING SETS (({et}, {reason}, jsonb_typeof({ctx}::jsonb -> 'reason'), jsonb_typeof({ctx}::jsonb)), \
-                                         ({et}, CASE WHEN {ca} >= {ts3} THEN {minute} END)) \
-                 ORDER BY is_bucket, n DESC",
-                max_us = us(&format!("max({ca})")),
+                "SELECT et, reason, reason_type, context_type, (extract(epoch FROM minute) / 60)::int8, n, {max_us} \
+                 FROM (SELECT et, r #>> '{{}}' AS reason, jsonb_typeof(r) AS reason_type, ct AS context_type, \
+                              CASE WHEN ca >= {ts3} THEN date_bin('1 minute', ca, timestamptz 'epoch') END AS minute, \
+                              count(*)::int8 AS n, max(ca) AS last \
+                       FROM (SELECT {et}::text AS et, {ctx}::jsonb -> 'reason' AS r, jsonb_typeof({ctx}::jsonb) AS ct, \
+                                    {ca} AS ca \
+                             FROM {table} WHERE {src} = $1 AND {ca} < {ts2}{since}) AS rows \
+                       GROUP BY 1, 2, 3, 4, 5) AS groups",
+                max_us = us("last"),
             ),
             // New rows: an index range scan on (source, created_at) from $2; cost proportional to
             // the rows in that range.
@@ -184,6 +187,15 @@ impl Queries {
 /// does not) and returns the transaction's database time in exact Unix microseconds.
 const NOW_US: &str =
     "SELECT (extract(epoch FROM now()) * 1000000)::int8 FROM (SELECT set_config('statement_timeout', $1, true)) AS timeout";
+
+/// Planner settings for the start-up load's transaction only (`set_config(..., true)` is
+/// `SET LOCAL`). PostgreSQL cannot estimate how many distinct values the JSON expressions take, so
+/// it guesses hundreds of thousands of groups and sorts every row by five keys (about 3x slower
+/// than hashing the real ~40,000 groups); free tuple transfer lets the JSON extraction run in
+/// parallel workers; JIT compilation costs more than it saves on one scan. Measured on 1M rows:
+/// 1.5 s with the defaults, 0.45 s with these (docs/benchmarks.md).
+const LOAD_PLANNER_HINTS: &str = "SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true), \
+     set_config('parallel_tuple_cost', '0', true), set_config('parallel_setup_cost', '0', true)";
 
 /// How a transaction starts.
 struct Setup {
@@ -339,8 +351,7 @@ impl Db {
             let (mut tx, now_us) = begin(&pool, &setup).await?;
             let stream_from = now_us - stream_back_us;
             let horizon_us = crate::tally::window_start_minute(now_us, longest_window) * crate::tally::US_PER_MINUTE;
-            let mut groups = Vec::new();
-            let mut buckets = Vec::new();
+            sqlx::query(LOAD_PLANNER_HINTS).persistent(false).execute(&mut *tx).await?;
             let found = sqlx::query(&q.load)
                 .persistent(false)
                 .bind(&source)
@@ -348,22 +359,40 @@ impl Db {
                 .bind(horizon_us)
                 .fetch_all(&mut *tx)
                 .await?;
+            // Sum the (type, reason, shape, minute) groups into all-time groups and minute buckets.
+            type GroupKey = (Option<String>, Option<String>, Option<String>, Option<String>);
+            let mut totals: HashMap<GroupKey, (u64, i64)> = HashMap::new();
+            let mut minutes: HashMap<(Option<String>, i64), (u64, u64)> = HashMap::new();
             for r in &found {
                 let event_type: Option<String> = r.try_get(0)?;
+                let reason: Option<String> = r.try_get(1)?;
                 let count = r.try_get::<i64, _>(5)?.max(0) as u64;
-                if r.try_get::<i32, _>(8)? == 0 {
-                    groups.push(Group {
-                        event_type,
-                        reason: r.try_get(1)?,
-                        reason_json_type: r.try_get(2)?,
-                        context: ContextKind::from_jsonb_typeof(r.try_get::<Option<String>, _>(3)?.as_deref()),
-                        count,
-                        last_us: r.try_get::<Option<i64>, _>(7)?.unwrap_or(0),
-                    });
-                } else if let Some(minute) = r.try_get::<Option<i64>, _>(4)? {
-                    buckets.push((event_type, minute, count, r.try_get::<i64, _>(6)?.max(0) as u64));
+                let last_us = r.try_get::<Option<i64>, _>(6)?.unwrap_or(0);
+                if let Some(minute) = r.try_get::<Option<i64>, _>(4)? {
+                    let cell = minutes.entry((event_type.clone(), minute)).or_default();
+                    cell.0 += count;
+                    cell.1 += if reason.is_none() { count } else { 0 };
                 }
+                let key = (event_type, reason, r.try_get(2)?, r.try_get(3)?);
+                let total = totals.entry(key).or_insert((0, i64::MIN));
+                total.0 += count;
+                total.1 = total.1.max(last_us);
             }
+            let mut groups: Vec<Group> = totals
+                .into_iter()
+                .map(|((event_type, reason, reason_json_type, context), (count, last_us))| Group {
+                    event_type,
+                    reason,
+                    reason_json_type,
+                    context: ContextKind::from_jsonb_typeof(context.as_deref()),
+                    count,
+                    last_us,
+                })
+                .collect();
+            // Most frequent first, so they win the capped labels; ties in a stable order.
+            groups.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
+            let buckets =
+                minutes.into_iter().map(|((et, minute), (rows, without))| (et, minute, rows, without)).collect();
             let rows = fetch_rows(&mut tx, &q.rows_since, &source, &[stream_from]).await?;
             tx.commit().await?;
             Ok(Loaded { now_us, groups, buckets, rows })
