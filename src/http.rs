@@ -2,8 +2,10 @@
 //!
 //! Handlers read snapshots from [`State`]; none of them touches the database.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::extract::State as AxumState;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -23,7 +25,19 @@ const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 struct Ctx {
     state: State,
     registry: Arc<Registry>,
+    cache: Arc<Mutex<Option<Rendered>>>,
 }
+
+/// The last rendering of /metrics. It is served again while the state's generation is unchanged
+/// and it is younger than [`RENDER_REUSE`]: data metrics change only when the source publishes
+/// (every poll), and process metrics may be a second old. Scrapes stay cheap under load.
+struct Rendered {
+    generation: u64,
+    at: Instant,
+    body: Bytes,
+}
+
+const RENDER_REUSE: Duration = Duration::from_secs(1);
 
 /// The router, without a listener and without access control (tests drive it with `oneshot`).
 pub fn router(state: State) -> Router {
@@ -35,7 +49,7 @@ pub fn router(state: State) -> Router {
         .route("/readyz", get(readyz))
         .route("/gate", get(gate).post(gate))
         .route("/verdict", get(verdict))
-        .with_state(Ctx { state, registry })
+        .with_state(Ctx { state, registry, cache: Arc::new(Mutex::new(None)) })
 }
 
 /// The router with the web configuration applied: basic auth (except on the open paths) and
@@ -61,7 +75,22 @@ pub fn router_with(state: State, http: &HttpConfig) -> Router {
 }
 
 async fn metrics(AxumState(cx): AxumState<Ctx>) -> Response {
-    let body = crate::metrics::render(&cx.registry);
+    let generation = cx.state.generation();
+    let cached = cx
+        .cache
+        .lock()
+        .expect("render cache lock")
+        .as_ref()
+        .and_then(|r| (r.generation == generation && r.at.elapsed() < RENDER_REUSE).then(|| r.body.clone()));
+    let body = match cached {
+        Some(body) => body,
+        None => {
+            let body = Bytes::from(crate::metrics::render(&cx.registry));
+            *cx.cache.lock().expect("render cache lock") =
+                Some(Rendered { generation, at: Instant::now(), body: body.clone() });
+            body
+        }
+    };
     ([(header::CONTENT_TYPE, TEXT_FORMAT)], body).into_response()
 }
 

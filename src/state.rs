@@ -4,7 +4,7 @@
 //! snapshots; readers (handlers, the metrics collector) clone an `Arc` and never hold a lock while
 //! they work.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -51,6 +51,8 @@ struct Inner {
     health: RwLock<Health>,
     /// Set once, after the first full load; never cleared.
     ready: AtomicBool,
+    /// Bumped by every write, so a rendering of an unchanged state can be reused.
+    generation: AtomicU64,
     rollout: RolloutConfig,
     metrics: ExporterMetrics,
 }
@@ -74,6 +76,7 @@ impl State {
             tracker: RwLock::new(tracker),
             health: RwLock::new(Health::default()),
             ready: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             rollout,
             metrics,
         }))
@@ -87,12 +90,22 @@ impl State {
         &self.0.rollout
     }
 
+    /// Changes whenever anything observable changed (a snapshot, the health, the phase).
+    pub fn generation(&self) -> u64 {
+        self.0.generation.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn tally(&self) -> Arc<TallyView> {
         self.0.tally.read().expect("tally lock poisoned").clone()
     }
 
     pub fn publish_tally(&self, view: TallyView) {
         *self.0.tally.write().expect("tally lock poisoned") = Arc::new(view);
+        self.bump();
     }
 
     pub fn health(&self) -> Health {
@@ -101,6 +114,7 @@ impl State {
 
     pub fn set_health(&self, f: impl FnOnce(&mut Health)) {
         f(&mut self.0.health.write().expect("health lock poisoned"));
+        self.bump();
     }
 
     pub fn is_ready(&self) -> bool {
@@ -109,6 +123,7 @@ impl State {
 
     pub fn mark_ready(&self) {
         self.0.ready.store(true, Ordering::Release);
+        self.bump();
     }
 
     pub fn phase(&self) -> Arc<PhaseView> {
@@ -132,6 +147,7 @@ impl State {
             }
         }
         *self.0.phase.write().expect("phase lock poisoned") = Arc::new(PhaseView { state, started_at });
+        self.bump();
     }
 
     /// The rollout view: verdict and gauges, from the latest tally view and phase.
