@@ -350,3 +350,65 @@ async fn reconciliation_finds_a_transaction_that_outlived_the_overlap() {
     app.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_scrape_right_after_a_poll_shows_the_new_snapshot() {
+    use rollout_exporter::config::{RolloutConfig, TallyConfig, Window};
+    use rollout_exporter::events::{ContextKind, Row};
+    use rollout_exporter::metrics::ExporterMetrics;
+    use rollout_exporter::rollout::{Flags, Thresholds};
+    use rollout_exporter::state::State;
+    use rollout_exporter::tally::Tally;
+    use tower::ServiceExt;
+
+    let soak = Window { label: "48h".into(), seconds: 172_800 };
+    let rollout = RolloutConfig {
+        flags_file: None,
+        environment: "test".into(),
+        phase_started_at: None,
+        thresholds: Thresholds::default(),
+        soak: soak.clone(),
+        active_within: Duration::from_secs(600),
+        circuit_hold: Duration::from_secs(300),
+    };
+    let state = State::new(rollout, Flags::default().phase(), ExporterMetrics::new());
+    let router = rollout_exporter::http::router(state.clone());
+    let cfg = TallyConfig {
+        windows: vec![soak],
+        reason_cap: 50,
+        event_type_cap: 50,
+        stuck_after: Duration::from_secs(900),
+        max_tracked_bookings: 10,
+    };
+    let mut tally = Tally::new(cfg);
+    let now = 1_800_000_000_000_000;
+    tally.advance(now);
+    let scrape = |router: axum::Router| async move {
+        let res = router
+            .oneshot(axum::http::Request::get("/metrics").body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+        Scrape::parse(&String::from_utf8(bytes.to_vec()).unwrap())
+    };
+    for n in 1..=3u32 {
+        let mut rows = vec![Row {
+            id: n.to_string(),
+            event_type: Some("coordinator.start".into()),
+            reason: None,
+            reason_json_type: None,
+            context: ContextKind::Object,
+            booking_id: None,
+            created_us: now,
+        }];
+        tally.fold_rows(&mut rows);
+        state.publish_tally(tally.view(172_800, 600));
+        let s = scrape(router.clone()).await;
+        let labels = [("event_type", "coordinator.start"), ("reason", "")];
+        assert_eq!(
+            s.value("assignment_coordinator_events_total", &labels),
+            f64::from(n),
+            "a reused rendering hid a poll"
+        );
+    }
+}
