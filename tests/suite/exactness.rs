@@ -389,7 +389,7 @@ async fn a_scrape_right_after_a_poll_shows_the_new_snapshot() {
             .await
             .unwrap();
         let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
-        Scrape::parse(&String::from_utf8(bytes.to_vec()).unwrap())
+        Scrape::parse(std::str::from_utf8(&bytes).unwrap())
     };
     for n in 1..=3u32 {
         let mut rows = vec![Row {
