@@ -850,7 +850,7 @@ def machine(cl):
         "kernel": platform_release(), "debian": Path("/etc/debian_version").read_text().strip()
         if Path("/etc/debian_version").exists() else "?",
         "postgres": cl.one("SELECT version()"), "rustc": v(["rustc", "--version"]),
-        "exporter_commit": commit + (" (with uncommitted changes in src/)" if dirty else ""),
+        "exporter_commit": os.environ.get("BENCH_EXPORTER_COMMIT") or (commit + ("+uncommitted" if dirty else "")),
         "query_exporter": qe.replace("Version: ", ""),
         "postgres_exporter": v([pge, "--version"]) if pge else "?",
         "wrk": v(["dpkg-query", "-W", "-f", "${Version}", "wrk"]),

@@ -97,6 +97,13 @@ if [ -z "$bin" ]; then
   bin="$PWD/target/release/rollout-exporter"
 fi
 [ -x "$bin" ] || fail "no exporter binary at $bin"
+# One binary for the whole run, even if target/release is rebuilt meanwhile, and the commit it
+# was built from (for docs/benchmarks.md).
+cp "$bin" "$base/rollout-exporter"
+bin="$PWD/$base/rollout-exporter"
+commit="$(git rev-parse --short HEAD)"
+git diff --quiet HEAD -- src Cargo.toml Cargo.lock || commit="$commit+uncommitted"
+export BENCH_EXPORTER_COMMIT="$commit"
 
 cmd="bench/run.sh${*:+ $*}"
 # In the background so that a signal reaches the traps at once, not after the run.
