@@ -837,7 +837,8 @@ def machine(cl):
 
     def v(cmd):
         try:
-            return run(cmd, check=False, timeout=30).stdout.strip().splitlines()[0]
+            r = run(cmd, check=False, timeout=30)
+            return (r.stdout.strip() or r.stderr.strip()).splitlines()[0]  # some print --version on stderr
         except Exception:  # noqa: BLE001 - a version string is informative only
             return "?"
     commit = v(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
