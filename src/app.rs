@@ -29,6 +29,8 @@ pub enum AppError {
     Source(#[from] SourceError),
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("the {0} stopped unexpectedly; exiting so that a supervisor restarts the exporter")]
+    SourceStopped(&'static str),
 }
 
 enum Traffic {
@@ -112,15 +114,30 @@ impl App {
     /// Serves until `shutdown` resolves, then stops the server and the source within a few seconds.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
         let (tx, rx) = watch::channel(false);
-        let traffic = match self.traffic {
-            Traffic::Postgres(f) => tokio::spawn(f.run(self.state.clone(), rx.clone())),
-            Traffic::Demo(cfg) => tokio::spawn(demo::run(*cfg, self.state.clone(), rx.clone())),
+        let (traffic, what) = match self.traffic {
+            Traffic::Postgres(f) => (tokio::spawn(f.run(self.state.clone(), rx.clone())), "database poller"),
+            Traffic::Demo(cfg) => (tokio::spawn(demo::run(*cfg, self.state.clone(), rx.clone())), "demo simulator"),
         };
         let watcher = tokio::spawn(watch_flags(self.flags_file.clone(), self.state.clone(), rx.clone()));
         let mut server_rx = rx.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = tx.send(true);
+        // The source must outlive the server: if it ever stops on its own (a bug), serving frozen
+        // numbers as if fresh would be worse than a restart. Stop everything and report it.
+        let (died_tx, mut died_rx) = watch::channel(false);
+        let mut traffic = traffic;
+        let watched = tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown => {
+                    let _ = tx.send(true);
+                    let _ = tokio::time::timeout(DRAIN, &mut traffic).await;
+                }
+                result = &mut traffic => {
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "the source task failed");
+                    }
+                    let _ = died_tx.send(true);
+                    let _ = tx.send(true);
+                }
+            }
         });
         let router = crate::http::router_with(self.state.clone(), &self.http);
         let addr = self.listener.local_addr().map_err(AppError::Serve)?;
@@ -138,9 +155,13 @@ impl App {
                 axum::serve(self.listener, router).with_graceful_shutdown(stop).await
             }
         };
-        let _ = tokio::time::timeout(DRAIN, traffic).await;
+        let _ = tokio::time::timeout(DRAIN, watched).await;
         watcher.abort();
-        served.map_err(AppError::Serve)
+        served.map_err(AppError::Serve)?;
+        if *died_rx.borrow_and_update() {
+            return Err(AppError::SourceStopped(what));
+        }
+        Ok(())
     }
 }
 

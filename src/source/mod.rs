@@ -66,6 +66,9 @@ impl Seen {
     /// Counted rows per minute in `[from_us, to_us)`.
     fn counts(&self, from_us: i64, to_us: i64) -> BTreeMap<i64, u64> {
         let mut out = BTreeMap::new();
+        if from_us >= to_us {
+            return out;
+        }
         for (&m, ids) in self.by_minute.range(minute_of(from_us)..=minute_of(to_us - 1)) {
             let whole = m * US_PER_MINUTE >= from_us && (m + 1) * US_PER_MINUTE <= to_us;
             let n = if whole { ids.len() } else { ids.values().filter(|&&t| t >= from_us && t < to_us).count() };
@@ -74,13 +77,24 @@ impl Seen {
         out
     }
 
-    /// Forgets rows before `cut_us` and, past the cap, the oldest minutes.
-    fn prune(&mut self, cut_us: i64) {
+    /// Forgets rows before `cut_us` and, past the cap, the oldest minutes, but never a minute at
+    /// or after `needed_from_us` (the overlap and later): those ids are what keeps the next polls
+    /// from counting a row twice, so under extreme write rates the cap gives way, not exactness.
+    fn prune(&mut self, cut_us: i64, needed_from_us: i64) {
         let keep = self.by_minute.split_off(&minute_of(cut_us));
         self.by_minute = keep;
+        // The minute the cut falls in is trimmed exactly, so the set holds the configured window
+        // (not up to a minute more) and its memory follows the write rate, not the clock.
+        if let Some(ids) = self.by_minute.get_mut(&minute_of(cut_us)) {
+            ids.retain(|_, created| *created >= cut_us);
+        }
         self.complete_from_us = self.complete_from_us.max(cut_us);
         self.len = self.by_minute.values().map(HashMap::len).sum();
         while self.len > MAX_TRACKED_IDS {
+            match self.by_minute.first_key_value() {
+                Some((&m, _)) if (m + 1) * US_PER_MINUTE <= needed_from_us => {}
+                _ => break,
+            }
             let Some((m, ids)) = self.by_minute.pop_first() else { break };
             self.len -= ids.len();
             self.complete_from_us = self.complete_from_us.max((m + 1) * US_PER_MINUTE);
@@ -194,7 +208,9 @@ impl Follower {
         let watermark = self.watermark_us.expect("poll after load");
         let reconcile = self.last_reconcile.elapsed() >= self.cfg.reconcile_interval;
         let back = if reconcile { self.cfg.reconcile_window.max(self.cfg.overlap) } else { self.cfg.overlap };
-        let count_from = (watermark - back.as_micros() as i64).max(self.seen.complete_from_us);
+        // Never reach below what the de-duplication set still holds completely (and never past
+        // the watermark: then only new rows are read).
+        let count_from = (watermark - back.as_micros() as i64).max(self.seen.complete_from_us).min(watermark);
         let plan = PollPlan { count_from_us: count_from, count_to_us: watermark, rows_from_us: watermark };
         let timer = state.metrics().poll_duration.start_timer();
         let result = async {
@@ -239,7 +255,8 @@ impl Follower {
         self.tally.advance(now);
         self.tally.fold_rows(&mut fresh);
         self.watermark_us = Some(now);
-        self.seen.prune(now - self.cfg.reconcile_window.max(self.cfg.overlap).as_micros() as i64);
+        self.seen
+            .prune(now - self.cfg.reconcile_window.max(self.cfg.overlap).as_micros() as i64, now - self.overlap_us());
         state.set_health(|h| {
             h.database_up = true;
             h.last_success = now as f64 / 1e6;
@@ -302,5 +319,48 @@ impl Follower {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::ContextKind;
+
+    fn row(id: usize, us: i64) -> Row {
+        Row {
+            id: id.to_string(),
+            event_type: None,
+            reason: None,
+            reason_json_type: None,
+            context: ContextKind::Null,
+            booking_id: None,
+            created_us: us,
+        }
+    }
+
+    #[test]
+    fn counts_of_an_empty_or_inverted_range_are_empty() {
+        let mut seen = Seen::default();
+        seen.insert(&row(1, 10 * US_PER_MINUTE));
+        assert!(seen.counts(11 * US_PER_MINUTE, 10 * US_PER_MINUTE).is_empty());
+        assert_eq!(seen.counts(10 * US_PER_MINUTE, 11 * US_PER_MINUTE).get(&10), Some(&1));
+    }
+
+    #[test]
+    fn the_cap_never_drops_the_minutes_the_next_polls_need() {
+        let mut seen = Seen::default();
+        let now = 100 * US_PER_MINUTE;
+        // More ids than the cap, all inside the overlap: every one must stay.
+        for i in 0..(MAX_TRACKED_IDS + 10) {
+            seen.insert(&row(i, now - 1 - (i as i64 % 60_000_000)));
+        }
+        seen.prune(now - 10 * US_PER_MINUTE, now - 2 * US_PER_MINUTE);
+        assert_eq!(seen.len, MAX_TRACKED_IDS + 10);
+        assert!(seen.complete_from_us <= now - 2 * US_PER_MINUTE);
+        // Older minutes go first once the cap is exceeded.
+        seen.insert(&row(usize::MAX, now - 5 * US_PER_MINUTE));
+        seen.prune(now - 10 * US_PER_MINUTE, now - 2 * US_PER_MINUTE);
+        assert!(!seen.by_minute.contains_key(&95));
     }
 }
