@@ -66,7 +66,7 @@ pub struct TallyView {
     /// Start of the 5-minute blocks (Unix minutes / 5) holding at least one coordinator.error,
     /// within the soak window.
     pub error_blocks: Vec<i64>,
-    /// Coordinator events in the last `active_within`, and circuit_open events in the soak window.
+    /// Rows of every event type created in the last `--active-within` (whole minutes, as the windows).
     pub recent_events: u64,
 }
 
