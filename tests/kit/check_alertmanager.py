@@ -13,9 +13,8 @@ import kitlib as k
 RECEIVER = {"critical": "pager", "warning": "ticket"}
 
 
-def main() -> None:
-    r = k.Report()
-    amtool = k.tool(r, "amtool")
+def main(r: k.Report) -> None:
+    amtool = r.tool("amtool", "prometheus-alertmanager")
     cfg = str(k.ALERTMANAGER_CONFIG)
     severities = k.alert_severities()
     r.check(len(severities) >= 17, f"found {len(severities)} alerts with a severity in alerts/")
@@ -36,9 +35,9 @@ def main() -> None:
                        *labels])
             r.check(p.returncode == 0, f"amtool routes {' '.join(labels)} to {want}", p.stdout + p.stderr)
 
-    if not k.tool(r, "prometheus-alertmanager"):
-        r.exit()
-    procs = k.Processes()
+    if not r.tool("prometheus-alertmanager", "prometheus-alertmanager"):
+        return
+    procs = k.Processes("rollout-kit-")
     hook = k.Webhook()
     try:
         test_cfg = k.alertmanager_test_copy(hook.url, procs.tmp / "alertmanager.yml")
@@ -56,7 +55,6 @@ def main() -> None:
         r.check(False, "live Alertmanager inhibition test ran", f"{e}\n{procs.log_tail('alertmanager')}")
     finally:
         procs.stop_all()
-    r.exit()
 
 
 def post(am: str, alerts: list[dict]) -> None:
@@ -140,4 +138,4 @@ def inhibition(r: k.Report, am: str, hook: k.Webhook) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(k.standalone("kit", main))

@@ -54,9 +54,8 @@ def unit_test_cases() -> dict[str, dict[str, int]]:
     return out
 
 
-def main() -> None:
-    r = k.Report()
-    promtool = k.tool(r, "promtool")
+def main(r: k.Report) -> None:
+    promtool = r.tool("promtool", "prometheus")
     if promtool:
         for f in k.RULE_FILES:
             p = k.run([promtool, "check", "rules", str(f)])
@@ -65,9 +64,9 @@ def main() -> None:
             p = k.run([promtool, "test", "rules", str(f)], timeout=120)
             r.check(p.returncode == 0, f"promtool test rules {f.relative_to(k.REPO)}", p.stdout + p.stderr)
 
-    if not k.tool(r, "prometheus"):
-        r.exit()
-    procs = k.Processes()
+    if not r.tool("prometheus", "prometheus"):
+        return
+    procs = k.Processes("rollout-kit-")
     files = "\n".join(f"  - {f}" for f in k.RULE_FILES)
     try:
         url = k.start_prometheus(procs, f"global:\n  evaluation_interval: 1m\nrule_files:\n{files}\n",
@@ -75,7 +74,7 @@ def main() -> None:
         rules = k.loaded_rules(url)
     except Exception as e:  # noqa: BLE001
         r.check(False, "a real Prometheus loads alerts/*.yml", f"{e}\n{procs.log_tail('prometheus-rules')}")
-        r.exit()
+        return
     finally:
         procs.stop_all()
 
@@ -125,8 +124,7 @@ def main() -> None:
         bare = re.findall(r"(?<![\w.])(0\.97|0\.01|0\.03)(?![\w.])", a["query"])
         r.check(not bare, f"alert {a['name']} takes its thresholds from rollout:threshold:* only",
                 f"literal {bare} in {a['query']}")
-    r.exit()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(k.standalone("kit", main))

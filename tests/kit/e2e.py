@@ -26,23 +26,22 @@ PAGE_DEADLINE_S = 150
 
 
 def query(prom: str, expr: str) -> dict:
-    return k.http_json(prom + "/api/v1/query?" + urllib.parse.urlencode({"query": expr}), timeout=10)
+    return k.prom_query(prom, expr)
 
 
-def main() -> None:
-    r = k.Report()
+def main(r: k.Report) -> None:
     binary = os.environ.get("ROLLOUT_EXPORTER_BIN", str(k.REPO / "target" / "debug" / "rollout-exporter"))
     if not os.access(binary, os.X_OK):
         if k.CI:
             r.check(False, f"exporter binary {binary} exists (CI=true: the live test cannot be skipped)")
         else:
-            r.skip(f"live e2e: {binary} not built (set ROLLOUT_EXPORTER_BIN or cargo build)")
-        r.exit()
-    tools = [k.tool(r, t) for t in ("prometheus", "prometheus-alertmanager")]
+            r.skip("live e2e", f"{binary} not built (set ROLLOUT_EXPORTER_BIN or cargo build)")
+        return
+    tools = [r.tool("prometheus", "prometheus"), r.tool("prometheus-alertmanager", "prometheus-alertmanager")]
     if not all(tools):
-        r.exit()
+        return
 
-    procs = k.Processes()
+    procs = k.Processes("rollout-kit-")
     hook = k.Webhook()
     try:
         run(r, procs, hook, binary)
@@ -54,7 +53,6 @@ def main() -> None:
     finally:
         procs.stop_all()
         hook.close()
-    r.exit()
 
 
 def run(r: k.Report, procs: k.Processes, hook: k.Webhook, binary: str) -> None:
@@ -98,8 +96,8 @@ scrape_configs:
           environment: {HEALTHY}
 """
     prom = k.start_prometheus(procs, cfg)
-    k.wait_until("Prometheus to scrape both exporters",
-                 lambda: len(query(prom, 'up{job="rollout-exporter"} == 1')["data"]["result"]) == 2, 30)
+    k.prom_wait(prom, 'up{job="rollout-exporter"} == 1', "Prometheus to scrape both exporters", 30,
+                pred=lambda result: len(result) == 2)
     t0 = time.monotonic()
     r.check(True, "Prometheus scrapes both exporters with the rules loaded")
     rules = k.loaded_rules(prom)
@@ -180,4 +178,4 @@ scrape_configs:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(k.standalone("kit", main))

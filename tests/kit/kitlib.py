@@ -1,174 +1,32 @@
-"""Shared helpers of the alerting/dashboard kit checks (stdlib only, Python 3.11).
+"""What the alerting/dashboard kit's checks share beyond tools/rexlib.py: the repository's rule
+files, dashboards and Alertmanager configuration, a real Prometheus / Alertmanager started on a free
+loopback port, and the webhook the e2e test receives notifications on (stdlib only, Python 3.11).
 
-Each check script prints one line per assertion, `ok - <what>` or `not ok - <what>`, and
-`skip - <what>` when a tool is missing outside CI; tests/kit/run.sh counts them. Every wait is
-"until a condition holds, or fail after a deadline"; every process a check starts is killed on exit,
-also on failure.
+The report protocol, processes, waits and HTTP helpers are rexlib's (re-exported here for the
+checks: k.Report, k.standalone, k.run, k.free_port, k.wait_until, k.http_json, k.http_ok,
+k.prom_query, k.prom_wait, k.Processes).
 """
 
 from __future__ import annotations
 
 import atexit
 import json
-import os
 import pathlib
-import shutil
-import signal
-import socket
-import subprocess
+import re
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
+from typing import Any
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tools"))
+
+from rexlib import (CI, REPO, Processes, Report, free_port, http_json, http_ok,  # noqa: E402,F401
+                    prom_query, prom_wait, run, run_sections, standalone, wait_until)
+
 ALERTS = REPO / "alerts"
 RULE_FILES = sorted(p for p in ALERTS.iterdir() if p.suffix in (".yml", ".yaml"))
 RULE_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
 ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 RUNBOOK = REPO / "docs" / "runbook.md"
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-VERBOSE = os.environ.get("KIT_VERBOSE", "") not in ("", "0")
-
-
-class Report:
-    def __init__(self) -> None:
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, cond: bool, what: str, detail: str = "") -> bool:
-        if cond:
-            self.passed += 1
-            print(f"ok - {what}", flush=True)
-        else:
-            self.failed += 1
-            print(f"not ok - {what}", flush=True)
-            if detail:
-                for line in str(detail).rstrip().splitlines()[:60]:
-                    print(f"    {line}", flush=True)
-        return cond
-
-    def skip(self, what: str) -> None:
-        print(f"skip - {what}", flush=True)
-
-    def exit(self) -> None:
-        sys.exit(1 if self.failed else 0)
-
-
-def tool(report: Report, name: str) -> str | None:
-    """Path of a required tool; missing is a failure under CI=true, a skip otherwise."""
-    path = shutil.which(name)
-    if path:
-        return path
-    if CI:
-        report.check(False, f"tool {name} is installed (CI=true: a missing tool is a failure)")
-    else:
-        report.skip(f"{name} is not installed")
-    return None
-
-
-def run(cmd: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(what: str, fn, deadline_s: float, interval_s: float = 0.25):
-    """Poll fn() until it returns a truthy value; raise TimeoutError naming `what` after the deadline."""
-    end = time.monotonic() + deadline_s
-    last_exc = None
-    while True:
-        try:
-            v = fn()
-            if v:
-                return v
-        except Exception as e:  # noqa: BLE001 - the condition is not met yet
-            last_exc = e
-        if time.monotonic() >= end:
-            raise TimeoutError(f"timed out after {deadline_s:.0f}s waiting for {what}"
-                               + (f" (last error: {last_exc})" if last_exc else ""))
-        time.sleep(interval_s)
-
-
-def http_json(url: str, data: bytes | None = None, timeout: float = 5, method: str | None = None):
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data else {})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read().decode())
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return 200 <= r.status < 300
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-class Processes:
-    """Starts processes in their own process group and kills every one of them at exit."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen, pathlib.Path]] = []
-        self.tmp = pathlib.Path(tempfile.mkdtemp(prefix="rollout-kit-"))
-        atexit.register(self.stop_all)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, _frame):
-        self.stop_all()
-        sys.exit(128 + signum)
-
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        log = self.tmp / f"{name}.log"
-        fh = open(log, "wb")
-        p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
-        self.procs.append((name, p, log))
-        return p
-
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        for n, _p, log in self.procs:
-            if n == name and log.exists():
-                return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    def stop(self, name: str) -> None:
-        for n, p, _log in self.procs:
-            if n == name:
-                self._kill(p)
-
-    @staticmethod
-    def _kill(p: subprocess.Popen) -> None:
-        if p.poll() is not None:
-            return
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(timeout=5)
-
-    def stop_all(self) -> None:
-        for _n, p, _log in reversed(self.procs):
-            self._kill(p)
-        if not VERBOSE:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        else:
-            print(f"# kit logs kept in {self.tmp}", flush=True)
-        self.procs = []
 
 
 def start_prometheus(procs: Processes, config_yaml: str, name: str = "prometheus",
@@ -207,7 +65,6 @@ def loaded_rules(prom_url: str) -> list[dict]:
 
 def github_anchor(heading: str) -> str:
     """The anchor GitHub gives a Markdown heading."""
-    import re
     a = heading.strip().lower()
     a = re.sub(r"[^\w\- ]", "", a)
     return a.replace(" ", "-")
@@ -234,7 +91,6 @@ def alertmanager_test_copy(webhook_base: str, dest: pathlib.Path) -> pathlib.Pat
     """deploy/alertmanager/alertmanager.yml with the receivers pointed at the test's webhook
     (/pager, /ticket) and short timers; the routing tree and inhibitions stay as written
     (check_alertmanager.py proves the routing tree is identical)."""
-    import re
     text = ALERTMANAGER_CONFIG.read_text()
     for placeholder, path in PLACEHOLDER_URLS.items():
         if placeholder not in text:
@@ -250,7 +106,6 @@ def alertmanager_test_copy(webhook_base: str, dest: pathlib.Path) -> pathlib.Pat
 
 def alert_severities(rule_files=None) -> dict[str, str]:
     """alertname -> severity label, read from the rule files' text (simple, fixed layout)."""
-    import re
     out: dict[str, str] = {}
     for f in rule_files or RULE_FILES:
         current = None
@@ -337,7 +192,6 @@ def dashboard_exprs(dash: dict) -> list[tuple[dict, dict]]:
 
 def rule_constants() -> dict[str, float]:
     """rollout:threshold:* recording rules that are plain numbers: name -> value."""
-    import re
     out = {}
     for f in RULE_FILES:
         for m in re.finditer(r"- record:\s*(rollout:threshold:\w+)\s*\n\s*expr:\s*vector\(([-0-9.eE+]+)\)",
@@ -347,7 +201,6 @@ def rule_constants() -> dict[str, float]:
 
 
 def recorded_names() -> set[str]:
-    import re
     names = set()
     for f in RULE_FILES:
         names |= set(re.findall(r"- record:\s*(\S+)", f.read_text()))
@@ -355,6 +208,5 @@ def recorded_names() -> set[str]:
 
 
 def documented_metrics() -> set[str]:
-    import re
     text = (REPO / "docs" / "metrics.md").read_text()
     return set(re.findall(r"^\| `([a-z_:]+)` \|", text, flags=re.M))

@@ -82,8 +82,7 @@ def lint_target(expr: str) -> list[str]:
     return problems
 
 
-def main() -> None:
-    r = k.Report()
+def main(r: k.Report) -> None:
     p = k.run([sys.executable, str(k.REPO / "dashboards" / "generate.py"), "--check"])
     r.check(p.returncode == 0, "dashboards/*.json are what dashboards/generate.py generates", p.stdout + p.stderr)
     r.check(len(k.DASHBOARDS) >= 1, f"found {len(k.DASHBOARDS)} dashboards")
@@ -199,7 +198,7 @@ def main() -> None:
             r.check(not problems, f"{where}: lint", "\n".join(problems))
 
     # target-promql-rule / template-label-promql-rule: the real parser decides.
-    promtool = k.tool(r, "promtool")
+    promtool = r.tool("promtool", "prometheus")
     if promtool and all_exprs:
         import tempfile
         with tempfile.TemporaryDirectory(prefix="rollout-kit-lint-") as tmp:
@@ -223,8 +222,7 @@ def main() -> None:
             "deploy/grafana/provisioning/datasources provisions a prometheus datasource")
     r.check(bool(dbf) and all(re.search(r"path:\s*\S+", f.read_text()) and "type: file" in f.read_text() for f in dbf),
             "deploy/grafana/provisioning/dashboards has a file provider with a path")
-    r.exit()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(k.standalone("kit", main))
