@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Checks of the deploy kit. Run through tests/deploy/run.sh (which makes sure PyYAML is importable).
 
-Each check prints PASS, FAIL (with every problem found) or SKIP (with why); the last line is
-`deploy: N passed, N failed`. With CI=true a missing required tool or file is a failure.
+Report protocol of tools/rexlib.py: each check prints `ok <name> (note)`, `FAIL <name>: <every
+problem found>` or `SKIP <name>: <why>`; the last line is `deploy: N passed, N failed` (`, N
+skipped` when something was skipped). With CI=true a missing required tool or file is a failure.
 
 What "exists in the code" means here: the flags, environment variables and default port named in
 the manifests, the systemd unit and the compose files are compared with the binary's own
@@ -18,19 +19,18 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import traceback
-import urllib.error
-import urllib.request
+from collections.abc import Callable
+from typing import Any
 
 import yaml
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tools"))
+
+from rexlib import (CI, REPO, Fail, Processes, Report, Skip, WaitTimeout, free_port,  # noqa: E402
+                    http_get, need_tool, on_signals_raise, run, wait_until)
+
 BIN = pathlib.Path(os.environ.get("ROLLOUT_EXPORTER_BIN", "target/debug/rollout-exporter"))
 if not BIN.is_absolute():
     BIN = REPO / BIN
@@ -55,21 +55,13 @@ NON_FLAG_ENV = {
 PROBES = {"liveness": "/healthz", "readiness": "/readyz"}
 
 
-# ---- tiny harness ---------------------------------------------------------------------------------
+# ---- checks and their problems -------------------------------------------------------------------
 
 
-class Fail(Exception):
-    pass
+CHECKS: list[Callable[[], Any]] = []
 
 
-class Skip(Exception):
-    pass
-
-
-CHECKS = []
-
-
-def check(fn):
+def check(fn: Callable[[], Any]) -> Callable[[], Any]:
     CHECKS.append(fn)
     return fn
 
@@ -77,31 +69,21 @@ def check(fn):
 class Problems:
     """Collects every problem of one check, so that one run shows them all."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.items: list[str] = []
 
-    def add(self, msg: str):
+    def add(self, msg: str) -> None:
         self.items.append(msg)
 
-    def expect(self, cond, msg: str):
+    def expect(self, cond: Any, msg: str) -> bool:
         if not cond:
             self.add(msg)
         return bool(cond)
 
-    def done(self, ok_note: str = ""):
+    def done(self, ok_note: str = "") -> str:
         if self.items:
             raise Fail("\n".join(self.items))
         return ok_note
-
-
-def need_tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path:
-        return path
-    msg = f"{name} not found (Debian package {package})"
-    if CI:
-        raise Fail(msg + "; required under CI=true")
-    raise Skip(msg)
 
 
 def rel(p: pathlib.Path) -> str:
@@ -111,19 +93,12 @@ def rel(p: pathlib.Path) -> str:
         return str(p)
 
 
-def run(cmd, **kw) -> subprocess.CompletedProcess:
-    kw.setdefault("capture_output", True)
-    kw.setdefault("text", True)
-    kw.setdefault("timeout", 120)
-    return subprocess.run([str(c) for c in cmd], **kw)
-
-
 def load_yaml_docs(path: pathlib.Path) -> list:
     with path.open(encoding="utf-8") as f:
         return [d for d in yaml.safe_load_all(f) if d is not None]
 
 
-def load_yaml(path: pathlib.Path):
+def load_yaml(path: pathlib.Path) -> Any:
     docs = load_yaml_docs(path)
     if len(docs) != 1:
         raise Fail(f"{rel(path)}: expected one YAML document, found {len(docs)}")
@@ -226,7 +201,7 @@ def env_to_flag(sub: str) -> dict[str, str]:
     return {v["env"]: k for k, v in help_of(sub)["flags"].items() if v["env"]}
 
 
-def check_args_and_env(p: Problems, where: str, argv: list[str], env_names: list[str]):
+def check_args_and_env(p: Problems, where: str, argv: list[str], env_names: list[str]) -> str | None:
     """argv = [subcommand, args...]; every flag and variable must be one the binary knows."""
     if not argv:
         p.add(f"{where}: no subcommand")
@@ -253,7 +228,7 @@ def check_args_and_env(p: Problems, where: str, argv: list[str], env_names: list
 
 
 @check
-def configuration_doc_matches_help():
+def configuration_doc_matches_help() -> str:
     """Every flag row of docs/configuration.md exists in --help with the same variable and default."""
     p = Problems()
     rows = contract_rows()
@@ -284,7 +259,7 @@ def configuration_doc_matches_help():
 
 
 @check
-def every_yaml_and_json_file_parses():
+def every_yaml_and_json_file_parses() -> str:
     p = Problems()
     count = 0
     for root, dirs, files in os.walk(REPO):
@@ -332,7 +307,7 @@ def promtool_check_config(config: pathlib.Path, rules_subdir: str) -> tuple[str,
         return out, found
 
 
-def check_scrape_config(p: Problems, config: pathlib.Path, want_envs: set[str]):
+def check_scrape_config(p: Problems, config: pathlib.Path, want_envs: set[str]) -> None:
     cfg = load_yaml(config)
     port = documented_default_port()
     jobs = {j["job_name"]: j for j in cfg.get("scrape_configs", [])}
@@ -354,7 +329,7 @@ def check_scrape_config(p: Problems, config: pathlib.Path, want_envs: set[str]):
 
 
 @check
-def prometheus_config_passes_promtool():
+def prometheus_config_passes_promtool() -> str:
     config = DEPLOY / "prometheus" / "prometheus.yml"
     p = Problems()
     check_scrape_config(p, config, {"staging", "production"})
@@ -365,7 +340,7 @@ def prometheus_config_passes_promtool():
 
 
 @check
-def compose_prometheus_config_passes_promtool():
+def compose_prometheus_config_passes_promtool() -> str:
     config = COMPOSE / "prometheus.yml"
     p = Problems()
     check_scrape_config(p, config, {"rehearsal"})
@@ -383,7 +358,7 @@ def compose_prometheus_config_passes_promtool():
 
 
 @check
-def alertmanager_config_passes_amtool():
+def alertmanager_config_passes_amtool() -> str:
     if not ALERTMANAGER.exists():
         msg = f"{rel(ALERTMANAGER)} does not exist (the compose stack mounts it)"
         if CI:
@@ -397,7 +372,7 @@ def alertmanager_config_passes_amtool():
 
 
 @check
-def prometheusrule_equals_alerts():
+def prometheusrule_equals_alerts() -> str:
     p = Problems()
     gen = K8S / "generate-prometheusrule.py"
     proc = run([sys.executable, gen, "--check"])
@@ -417,7 +392,7 @@ def prometheusrule_equals_alerts():
 
 
 @check
-def prometheusrule_spec_passes_promtool():
+def prometheusrule_spec_passes_promtool() -> str:
     """The operator serves spec.groups as one rule file: promtool must accept it as such."""
     p = Problems()
     got = (load_yaml(K8S / "rules" / "prometheusrule.yaml").get("spec") or {}).get("groups")
@@ -447,7 +422,7 @@ def pod_spec(obj: dict) -> dict:
     return obj["spec"]["template"]["spec"]
 
 
-def exporter_containers():
+def exporter_containers() -> list[tuple[pathlib.Path, dict, dict]]:
     out = []
     for f, o in k8s_objects():
         if o.get("kind") == "Deployment":
@@ -462,7 +437,7 @@ def matches(selector: dict, labels: dict) -> bool:
 
 
 @check
-def kubernetes_exporter_containers_match_the_code():
+def kubernetes_exporter_containers_match_the_code() -> str:
     p = Problems()
     port = documented_default_port()
     endpoints = documented_endpoints()
@@ -532,7 +507,7 @@ def kubernetes_exporter_containers_match_the_code():
 
 
 @check
-def kubernetes_service_and_monitors_select_the_exporter():
+def kubernetes_service_and_monitors_select_the_exporter() -> str:
     p = Problems()
     port = documented_default_port()
     objs = k8s_objects()
@@ -586,7 +561,7 @@ def kubernetes_service_and_monitors_select_the_exporter():
 
 
 @check
-def kubernetes_kustomizations_render():
+def kubernetes_kustomizations_render() -> str:
     kubectl = shutil.which("kubectl")
     if not kubectl:
         raise Skip("kubectl not found (optional: renders deploy/kubernetes/*/kustomization.yaml offline)")
@@ -637,7 +612,7 @@ def parse_env_file(path: pathlib.Path, include_commented: bool = False) -> dict[
 
 
 @check
-def systemd_unit_static():
+def systemd_unit_static() -> str:
     p = Problems()
     entries = unit_entries(SYSTEMD_UNIT)
     svc: dict[str, list[str]] = {}
@@ -645,7 +620,7 @@ def systemd_unit_static():
         if section == "Service":
             svc.setdefault(k, []).append(v)
 
-    def one(k):
+    def one(k: str) -> str | None:
         return svc.get(k, [None])[-1]
 
     required = {
@@ -680,7 +655,7 @@ def systemd_unit_static():
 
 
 @check
-def systemd_analyze_verify():
+def systemd_analyze_verify() -> str:
     tool = shutil.which("systemd-analyze")
     if not tool:
         raise Skip("systemd-analyze not found: the unit got the static check only (systemd_unit_static)")
@@ -724,7 +699,7 @@ def compose_env_names(service: dict) -> list[str]:
 
 
 @check
-def compose_files_static():
+def compose_files_static() -> str:
     p = Problems()
     port = documented_default_port()
     compose = load_yaml(COMPOSE / "docker-compose.yml")
@@ -817,7 +792,7 @@ def dockerfile_instructions(path: pathlib.Path) -> list[tuple[str, str]]:
 
 
 @check
-def dockerfile_static():
+def dockerfile_static() -> str:
     p = Problems()
     port = documented_default_port()
     ins = dockerfile_instructions(REPO / "Dockerfile")
@@ -828,7 +803,7 @@ def dockerfile_static():
             args.setdefault(k.strip(), v.strip().strip('"'))
         if op == "FROM":
             break
-    def sub(s):
+    def sub(s: str) -> str:
         return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: args.get(m.group(1), m.group(0)), s)
     froms = [sub(rest) for op, rest in ins if op == "FROM"]
     p.expect(len(froms) >= 2, f"not multi-stage: {froms}")
@@ -873,7 +848,7 @@ def dockerfile_static():
 
 
 @check
-def no_credentials_in_deploy_files():
+def no_credentials_in_deploy_files() -> str:
     p = Problems()
     files = [REPO / "Dockerfile", OPERATIONS_DOC] + [f for f in DEPLOY.rglob("*") if f.is_file()]
     url_with_password = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@'\"`]+:([^@\s/'\"`]+)@", re.I)
@@ -898,63 +873,44 @@ def no_credentials_in_deploy_files():
 # ---- the running binary ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status, r.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as e:
-        return e.code, ""
-
-
 def run_exporter(argv: list[str], extra_env: dict[str, str], timeout: float = 60) -> tuple[dict, str, str]:
     """Start the binary on a free loopback port, wait until /readyz is 200 (or the deadline), then
-    return ({path: status}, /metrics body, stderr) and stop it."""
+    return ({path: status}, /metrics body, its output) and stop it."""
     port = free_port()
     env = {"PATH": os.environ.get("PATH", ""), "RUST_LOG": "warn", **extra_env}
-    with tempfile.TemporaryFile(mode="w+") as errf:
-        proc = subprocess.Popen([str(BIN), *argv, "--listen", f"127.0.0.1:{port}"],
-                                stdout=subprocess.DEVNULL, stderr=errf, text=True, env=env)
-        base = f"http://127.0.0.1:{port}"
-        status: dict = {}
-        body = ""
+    procs = Processes("rollout-deploy-")
+    proc = procs.start("exporter", [BIN, *argv, "--listen", f"127.0.0.1:{port}"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    status: dict = {}
+    body = ""
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            return True  # exited: stop waiting, reported below
+        status.update({path: http_get(base + path, timeout=2)[0] for path in ("/healthz", "/readyz")})
+        return status.get("/readyz") == 200
+
+    try:
         try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    status = {path: http_get(base + path)[0] for path in ("/healthz", "/readyz")}
-                    if status.get("/readyz") == 200:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.3)
-            if proc.poll() is None:
-                try:
-                    code, body = http_get(base + "/metrics")
-                    status["/metrics"] = code
-                except OSError:
-                    pass
-            else:
-                status["exit"] = proc.returncode
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        errf.seek(0)
-        return status, body, errf.read()
+            wait_until(f"{base}/readyz to answer 200", ready, timeout, interval_s=0.3)
+        except WaitTimeout:
+            pass  # the caller reports the statuses seen
+        if proc.poll() is None:
+            try:
+                code, body = http_get(base + "/metrics")
+                status["/metrics"] = code
+            except OSError:
+                pass
+        else:
+            status["exit"] = proc.returncode
+    finally:
+        output = procs.log_tail("exporter", 200)
+        procs.stop_all()
+    return status, body, output
 
 
 @check
-def probe_paths_answer_on_a_running_exporter():
+def probe_paths_answer_on_a_running_exporter() -> str:
     """Start `demo --scenario healthy` (as the compose file does) and request the probe paths."""
     if not BIN.exists():
         raise Fail(f"{rel(BIN)} not found: build it first (cargo build) or set ROLLOUT_EXPORTER_BIN")
@@ -970,40 +926,40 @@ def probe_paths_answer_on_a_running_exporter():
 
 
 @check
-def sighup_rereads_the_flags_file_and_keeps_running():
+def sighup_rereads_the_flags_file_and_keeps_running() -> str:
     """The unit's ExecReload sends SIGHUP: with a flags file the exporter must re-read it and live on."""
     if not BIN.exists():
         raise Fail(f"{rel(BIN)} not found: build it first (cargo build) or set ROLLOUT_EXPORTER_BIN")
-    with tempfile.TemporaryDirectory() as tmp:
-        flags = pathlib.Path(tmp) / "flags.env"
-        flags.write_text("FEATURE_ASSIGNMENT_PIPELINE_V3=false\nFEATURE_ASSIGNMENT_PIPELINE_V3_SHADOW=true\n"
-                         "FEATURE_ASSIGNMENT_PIPELINE_V3_MAX_PARALLEL=3\n")
-        port = free_port()
-        env = {"PATH": os.environ.get("PATH", ""), "RUST_LOG": "warn"}
-        proc = subprocess.Popen([str(BIN), "demo", "--flags-file", str(flags), "--listen", f"127.0.0.1:{port}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    procs = Processes("rollout-deploy-")
+    flags = procs.tmp / "flags.env"
+    flags.write_text("FEATURE_ASSIGNMENT_PIPELINE_V3=false\nFEATURE_ASSIGNMENT_PIPELINE_V3_SHADOW=true\n"
+                     "FEATURE_ASSIGNMENT_PIPELINE_V3_MAX_PARALLEL=3\n")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    # RUST_LOG=info: the exporter logs that it handled the SIGHUP (waited for below, not slept on).
+    env = {"PATH": os.environ.get("PATH", ""), "RUST_LOG": "info", "NO_COLOR": "1"}
+    proc = procs.start("exporter", [BIN, "demo", "--flags-file", flags, "--listen", f"127.0.0.1:{port}"], env=env)
+
+    def alive() -> None:
+        if proc.poll() is not None:
+            raise Fail(f"the exporter exited {proc.returncode}:\n{procs.log_tail('exporter')}")
+
+    try:
+        wait_until("/healthz to answer 200", lambda: alive() or http_get(base + "/healthz", timeout=2)[0] == 200, 30,
+                   interval_s=0.2)
+        proc.send_signal(signal.SIGHUP)
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if proc.poll() is not None:
-                    raise Fail(f"demo --flags-file exited {proc.returncode} before answering /healthz")
-                time.sleep(0.2)
-            proc.send_signal(signal.SIGHUP)
-            time.sleep(1.0)
-            if proc.poll() is not None:
-                raise Fail(f"SIGHUP (systemctl reload) ended the exporter (exit {proc.returncode})")
-            code, body = http_get(f"http://127.0.0.1:{port}/metrics")
-            if code != 200 or 'assignment_rollout_phase{phase="shadow"} 1' not in body:
-                raise Fail(f"after SIGHUP: /metrics {code}, shadow phase from the flags file not shown")
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=10)
+            wait_until("the exporter to log that it re-reads the flags file on SIGHUP",
+                       lambda: alive() or "SIGHUP: re-reading the flags file" in procs.log_tail("exporter", 400), 10,
+                       interval_s=0.1)
+        except Fail as e:
+            raise Fail(f"SIGHUP (systemctl reload): {e}") from None
+        code, body = http_get(base + "/metrics")
+        alive()
+        if code != 200 or 'assignment_rollout_phase{phase="shadow"} 1' not in body:
+            raise Fail(f"after SIGHUP: /metrics {code}, shadow phase from the flags file not shown")
+    finally:
+        procs.stop_all()
     return "alive, phase shadow from the flags file"
 
 
@@ -1011,14 +967,15 @@ def sighup_rereads_the_flags_file_and_keeps_running():
 
 
 @check
-def read_only_role_sql_on_local_postgres():
-    psql = shutil.which("psql")
-    if not psql:
-        raise Skip("psql not found")
+def read_only_role_sql_on_local_postgres() -> str:
+    psql = need_tool("psql", "postgresql-client")
     admin = ["-h", os.environ.get("PGHOST", "127.0.0.1"), "-p", os.environ.get("PGPORT", "5432"), "-U", os.environ.get("PGUSER", "postgres")]
     probe = run([psql, *admin, "-d", "postgres", "-Atc", "select 1"], timeout=10)
     if probe.returncode != 0:
-        raise Skip(f"no local PostgreSQL reachable as {admin[-1]}: {probe.stderr.strip()[:200]}")
+        msg = f"no local PostgreSQL reachable as {admin[-1]}: {probe.stderr.strip()[:200]}"
+        if CI:
+            raise Fail(msg + " (required under CI=true)")
+        raise Skip(msg)
     # Leftovers of an interrupted run (the names below with another pid).
     leftovers = run([psql, *admin, "-d", "postgres", "-Atc",
                      r"SELECT 'DROP DATABASE IF EXISTS ' || quote_ident(datname) || ' WITH (FORCE)' FROM pg_database WHERE datname LIKE 'deploy\_role\_check\_%' "
@@ -1030,7 +987,7 @@ def read_only_role_sql_on_local_postgres():
     role = f"rollout_exporter_check_{os.getpid()}"
     p = Problems()
 
-    def sql(*args, database=db, user=None, check_rc=True):
+    def sql(*args: Any, database: str = db, user: str | None = None, check_rc: bool = True) -> Any:
         cmd = [psql, *admin[:4], "-U", user or admin[-1], "-d", database, "-v", "ON_ERROR_STOP=1", "-At", *args]
         r = run(cmd, timeout=30)
         if check_rc and r.returncode != 0:
@@ -1082,7 +1039,7 @@ def read_only_role_sql_on_local_postgres():
 
 
 @check
-def operations_doc_covers_every_way_of_running():
+def operations_doc_covers_every_way_of_running() -> str:
     p = Problems()
     if not p.expect(OPERATIONS_DOC.exists(), "docs/operations.md missing"):
         return p.done()
@@ -1098,28 +1055,11 @@ def operations_doc_covers_every_way_of_running():
 
 
 def main() -> int:
-    passed = failed = skipped = 0
+    r = Report("deploy")
+    on_signals_raise()
     for fn in CHECKS:
-        name = fn.__name__
-        try:
-            note = fn()
-            passed += 1
-            print(f"PASS {name}" + (f" ({note})" if note else ""))
-        except Skip as s:
-            skipped += 1
-            print(f"SKIP {name}: {s}")
-        except Fail as f:
-            failed += 1
-            msg = str(f).replace("\n", "\n       ")
-            print(f"FAIL {name}:\n       {msg}")
-        except Exception:  # noqa: BLE001 - a crashing check is a failing check
-            failed += 1
-            print(f"FAIL {name}: crashed\n{traceback.format_exc()}")
-        sys.stdout.flush()
-    if skipped:
-        print(f"({skipped} skipped)")
-    print(f"deploy: {passed} passed, {failed} failed")
-    return 1 if failed else 0
+        r.run(fn.__name__, fn)
+    return r.close()
 
 
 if __name__ == "__main__":
