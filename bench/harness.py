@@ -6,8 +6,12 @@ start-up vs the runbook's 48 h query in psql, idle and 1,000-row polls (histogra
 pg_stat_statements), follow throughput under a concurrent pgbench writer, /metrics latency and
 wrk throughput, peak RSS, and the same scrape figures plus database time for query-exporter and
 postgres_exporter. Everything started here is killed on exit, on failure and on SIGTERM/SIGINT.
-Standard library only.
+Standard library only; the report protocol, processes and waits are tools/rexlib.py's: one
+`ok`/`FAIL`/`SKIP` line per step, then `bench: N passed, N failed` (`, N skipped`). A failed step
+stops the run.
 """
+
+from __future__ import annotations
 
 import argparse
 import datetime
@@ -16,94 +20,46 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from rexlib import CI, Fail, Processes, Report, free_port, on_signals_raise, wait_until  # noqa: E402
+import rexlib  # noqa: E402
+
 BENCH = ROOT / "bench"
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 SOURCE = "assignment.coordinator"
-CI = os.environ.get("CI") == "true"
 WINDOW_S = 48 * 3600
+# The events table of the suite and the benchmark: a shared SQL file, not parsed out of Rust.
+SCHEMA_SQL = ROOT / "tests/sql/observability_events.sql"
+REPORT = Report("bench")
 
 
-class Fail(Exception):
-    """A broken step: the run stops and exits non-zero."""
-
-
-def log(msg):
+def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- processes
 
 
-class Procs:
-    """Every process this run starts, so that all of them are killed whatever happens."""
-
-    def __init__(self, pidfile):
-        self.pidfile = pidfile
-        self.live = {}
-
-    def _write(self):
-        self.pidfile.write_text("".join(f"{p}\n" for p in self.live))
-
-    def start(self, name, cmd, log_path, env=None):
-        f = open(log_path, "ab")
-        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env=env, start_new_session=True)
-        f.close()
-        self.live[p.pid] = (name, p)
-        self._write()
-        return p
-
-    def stop(self, p, grace=10):
-        if p.pid not in self.live:
-            return
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(5)
-        del self.live[p.pid]
-        self._write()
-
-    def stop_all(self):
-        for _, p in list(self.live.values()):
-            self.stop(p, grace=5)
-
-
-def as_postgres(cmd):
+def as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-def run(cmd, timeout=600, check=True, **kw):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise Fail(f"{' '.join(map(str, cmd[:6]))}... exited {r.returncode}: {r.stderr.strip()[-800:]}")
-    return r
+def run(cmd: list[Any], timeout: float = 600, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """rexlib.run, failing the step on a non-zero exit unless check=False."""
+    return rexlib.run(cmd, timeout=timeout, check=check, **kw)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def vm(pid, key):
+def vm(pid: int, key: str) -> float:
     """VmHWM / VmRSS of a process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -117,7 +73,7 @@ def vm(pid, key):
 class Cluster:
     """A throwaway cluster on a free loopback port, pg_stat_statements preloaded when it loads."""
 
-    def __init__(self, base, procs, shared_buffers):
+    def __init__(self, base: Path, procs: Processes, shared_buffers: str) -> None:
         self.dir = base / "pg"
         self.data = self.dir / "data"
         self.port = free_port()
@@ -126,10 +82,10 @@ class Cluster:
         self.shared_buffers = shared_buffers
         self.running = False
 
-    def _pg_ctl(self, *args, check=True, timeout=120):
+    def _pg_ctl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return run(as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), *args]), check=check, timeout=timeout)
 
-    def init(self):
+    def init(self) -> None:
         if (self.data / "postmaster.pid").exists():
             self._pg_ctl("-m", "immediate", "-w", "stop", check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -156,7 +112,7 @@ class Cluster:
             f.write("\n# bench/harness.py\n" + "\n".join(conf) + "\n")
         self.start(with_pgss=has_pgss)
 
-    def start(self, with_pgss):
+    def start(self, with_pgss: bool) -> None:
         auto = self.data / "postgresql.auto.conf"
         lines = [l for l in auto.read_text().splitlines() if "pg_stat_statements" not in l
                  and "shared_preload_libraries" not in l]
@@ -169,7 +125,8 @@ class Cluster:
             if with_pgss:
                 log("PostgreSQL did not start with pg_stat_statements; starting without it")
                 self._pg_ctl("-m", "immediate", "-w", "stop", check=False)
-                return self.start(with_pgss=False)
+                self.start(with_pgss=False)
+                return
             raise Fail(f"pg_ctl start failed: {r.stderr.strip()}; see {self.dir / 'postgres.log'}")
         self.running = True
         if with_pgss:
@@ -178,28 +135,28 @@ class Cluster:
         elif CI:
             raise Fail("PostgreSQL could not load pg_stat_statements")
 
-    def stop(self):
+    def stop(self) -> None:
         if self.running:
             r = self._pg_ctl("-m", "fast", "-w", "-t", "30", "stop", check=False)
             if r.returncode != 0:
                 self._pg_ctl("-m", "immediate", "-w", "stop", check=False)
             self.running = False
 
-    def url(self, user, db):
+    def url(self, user: str, db: str) -> str:
         return f"postgres://{user}@127.0.0.1:{self.port}/{db}"
 
-    def psql_base(self, db="postgres", user="postgres"):
+    def psql_base(self, db: str = "postgres", user: str = "postgres") -> list[str]:
         return ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port),
                 "-U", user, "-d", db]
 
-    def sql(self, sql, db="postgres", timeout=1800):
+    def sql(self, sql: str, db: str = "postgres", timeout: float = 1800) -> str:
         return run(self.psql_base(db) + ["-c", sql], timeout=timeout).stdout.strip()
 
-    def one(self, sql, db="postgres"):
+    def one(self, sql: str, db: str = "postgres") -> str:
         out = self.sql(sql, db)
         return out.splitlines()[0] if out else ""
 
-    def timed(self, sql, db, runs=3):
+    def timed(self, sql: str, db: str, runs: int = 3) -> float:
         """Median of `runs` psql \\timing figures (ms) after one warm-up run."""
         times = []
         for _ in range(runs + 1):
@@ -211,7 +168,7 @@ class Cluster:
         return statistics.median(times[1:])
 
     # pg_stat_statements, as seen from the postgres database, for one role on one database.
-    def pgss_total(self, user, db):
+    def pgss_total(self, user: str, db: str) -> tuple[int, float] | None:
         if not self.pgss:
             return None
         out = self.one(
@@ -221,7 +178,7 @@ class Cluster:
         calls, ms = out.split("|")
         return int(calls), float(ms)
 
-    def pgss_top(self, user, db, limit=6):
+    def pgss_top(self, user: str, db: str, limit: int = 6) -> list[dict]:
         if not self.pgss:
             return []
         out = self.sql(
@@ -235,27 +192,20 @@ class Cluster:
             top.append({"calls": int(calls), "ms": float(ms), "rows": int(rows), "query": q})
         return top
 
-    def wait_idle(self, user, timeout=90):
+    def wait_idle(self, user: str, timeout: float = 90) -> None:
         """Until the role has no running statement (a scrape-time peer's queries outlive wrk)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            n = int(self.one(f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND state = 'active'"))
-            if n == 0:
-                return
-            time.sleep(0.5)
-        raise Fail(f"{user} still had running statements after {timeout}s")
+        active = f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND state = 'active'"
+        wait_until(f"{user} to have no running statement", lambda: int(self.one(active)) == 0, timeout, 0.5)
 
 
-def schema_bigint():
-    """SCHEMA_BIGINT of the test suite, read from its source so both always agree."""
-    text = (ROOT / "tests/suite/helpers.rs").read_text()
-    m = re.search(r'pub const SCHEMA_BIGINT: &str = "(.*?)";', text, re.S)
-    if not m:
-        raise Fail("SCHEMA_BIGINT not found in tests/suite/helpers.rs")
-    return m.group(1)
+def schema_sql() -> str:
+    """The events table (bigint ids) the test suite builds too: tests/sql/observability_events.sql."""
+    if not SCHEMA_SQL.exists():
+        raise Fail(f"{SCHEMA_SQL.relative_to(ROOT)} is missing")
+    return SCHEMA_SQL.read_text()
 
 
-def mix_sql(n, created):
+def mix_sql(n: int, created: str) -> str:
     """INSERT of n rows (g = 1..n) of the writer's mix with a created_at expression of g."""
     script = (BENCH / "sql/writer.sql").read_text()
     body = "\n".join(l for l in script.splitlines() if not l.startswith(("--", "\\")))
@@ -264,7 +214,7 @@ def mix_sql(n, created):
         "END\nFROM generate_series", f"END,\n       {created}\nFROM generate_series")
 
 
-def coordinator_sql(n, created):
+def coordinator_sql(n: int, created: str) -> str:
     """INSERT of n coordinator rows only (start/confirmed pairs), created_at an expression of g."""
     return ("INSERT INTO observability_events (source, event_type, context, created_at) "
             f"SELECT '{SOURCE}', CASE WHEN g % 2 = 1 THEN 'coordinator.start' ELSE 'coordinator.confirmed' END, "
@@ -272,13 +222,13 @@ def coordinator_sql(n, created):
             f" FROM generate_series(1, {n}) AS g, (SELECT (floor(random() * 2e9))::int8 AS x) AS r")
 
 
-def seed(cl, db, n, roles):
+def seed(cl: Cluster, db: str, n: int, roles: list[str]) -> dict:
     """CREATE DATABASE db with n rows over 48 h: bookings of the coordinator (~70%) with the
     runbook's event mix, other sources (~30%), then the shipped index and VACUUM ANALYZE."""
     t0 = time.time()
     cl.sql(f"DROP DATABASE IF EXISTS {db}")
     cl.sql(f"CREATE DATABASE {db}")
-    cl.sql(schema_bigint(), db)
+    cl.sql(schema_sql(), db)
     # Per booking: start; retry 6% (reason); lock_contention 2% (reason); then confirmed 97.5%,
     # manual_review 0.5%, error 2% (reasons). 2.08 coordinator rows per booking.
     bookings = max(1, round(0.7 * n / 2.08))
@@ -327,7 +277,7 @@ FROM (SELECT now() - interval '{WINDOW_S + 30} seconds' AS t0) AS t, generate_se
 # ---------------------------------------------------------------- HTTP and metrics
 
 
-def get(port, path, timeout=60):
+def get(port: int, path: str, timeout: float = 60) -> tuple[int, str]:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         c.request("GET", path)
@@ -337,7 +287,7 @@ def get(port, path, timeout=60):
         c.close()
 
 
-def parse_metrics(text):
+def parse_metrics(text: str) -> dict[str, list[tuple[str, float]]]:
     out = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
@@ -348,24 +298,11 @@ def parse_metrics(text):
     return out
 
 
-def metric_sum(ms, name):
+def metric_sum(ms: dict[str, list[tuple[str, float]]], name: str) -> float:
     return sum(v for _, v in ms.get(name, []))
 
 
-def wait_for(what, cond, timeout, interval=0.02):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            v = cond()
-            if v:
-                return v
-        except (OSError, http.client.HTTPException):
-            pass
-        time.sleep(interval)
-    raise Fail(f"timed out after {timeout}s waiting for {what}")
-
-
-def sequential(port, n, budget_s):
+def sequential(port: int, n: int, budget_s: float) -> dict:
     """Sequential GET /metrics on one keep-alive connection: up to n requests or budget_s seconds."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     lat, size = [], 0
@@ -387,11 +324,11 @@ def sequential(port, n, budget_s):
     return {"requests": len(lat), "p50_ms": pct(0.50), "p99_ms": pct(0.99), "bytes": size}
 
 
-def wrk(port, seconds):
+def wrk(port: int, seconds: int) -> dict | None:
     if not shutil.which("wrk"):
         if CI:
-            raise Fail("wrk is not installed")
-        log("wrk not installed: skipping the wrk step")
+            raise Fail("wrk is not installed (Debian wrk); CI=true makes a missing tool a failure")
+        REPORT.skip(f"wrk on 127.0.0.1:{port}", "wrk is not installed (Debian wrk): no throughput figure")
         return None
     r = run(["wrk", "-t2", "-c4", f"-d{seconds}s", "--timeout", "30s", f"http://127.0.0.1:{port}/metrics"],
             timeout=seconds + 60)
@@ -411,21 +348,21 @@ def wrk(port, seconds):
 
 
 class Writer:
-    def __init__(self, cl, db, procs, logdir):
+    def __init__(self, cl: Cluster, db: str, procs: Processes, logdir: Path) -> None:
         self.cl, self.db, self.procs, self.logdir = cl, db, procs, logdir
         self.pgbench = shutil.which("pgbench") or str(PG_BIN / "pgbench")
 
-    def start(self, rows_per_s, seconds, batch, clients=2):
+    def start(self, rows_per_s: float, seconds: float, batch: int, clients: int = 2) -> subprocess.Popen[bytes]:
         tps = rows_per_s / batch
         cmd = [self.pgbench, "-n", "-h", "127.0.0.1", "-p", str(self.cl.port), "-U", "postgres",
                "-f", str(BENCH / "sql/writer.sql"), "-D", f"batch={batch}", "-c", str(clients), "-j", str(clients),
                "-R", f"{tps:.3f}", "-T", str(int(seconds)), self.db]
         return self.procs.start("pgbench", cmd, self.logdir / "pgbench.log")
 
-    def stop(self, p):
+    def stop(self, p: subprocess.Popen[bytes]) -> None:
         self.procs.stop(p)
 
-    def max_id(self):
+    def max_id(self) -> int:
         return int(self.cl.one("SELECT coalesce(max(id), 0) FROM observability_events", self.db) or 0)
 
 
@@ -435,7 +372,8 @@ class Writer:
 class Ours:
     USER = "bench_ours"
 
-    def __init__(self, binary, cl, db, procs, logdir, interval_s, phase_started):
+    def __init__(self, binary: str, cl: Cluster, db: str, procs: Processes, logdir: Path, interval_s: int,
+                 phase_started: str) -> None:
         self.port = free_port()
         self.cl, self.db, self.procs, self.interval = cl, db, procs, interval_s
         env = dict(os.environ, RUST_LOG="info", FEATURE_ASSIGNMENT_PIPELINE_V3="true",
@@ -448,36 +386,36 @@ class Ours:
         self.logpath = logdir / f"rollout-exporter-{db}.log"
         self.p = None
 
-    def start(self):
+    def start(self) -> float:
         t = time.perf_counter()
         self.p = self.procs.start("rollout-exporter", self.cmd, self.logpath, env=self.env)
 
-        def ready():
+        def ready() -> bool:
             if self.p.poll() is not None:
                 raise Fail(f"rollout-exporter exited {self.p.returncode}; see {self.logpath}")
             return get(self.port, "/readyz", timeout=5)[0] == 200
-        wait_for("/readyz 200", ready, timeout=600, interval=0.01)
+        wait_until("/readyz 200", ready, 600, 0.01)
         return time.perf_counter() - t
 
-    def metrics(self):
+    def metrics(self) -> dict[str, list[tuple[str, float]]]:
         status, body = get(self.port, "/metrics")
         if status != 200:
             raise Fail(f"/metrics answered {status}")
         return parse_metrics(body)
 
-    def polls(self):
+    def polls(self) -> tuple[float, float, float, float]:
         m = self.metrics()
         return (metric_sum(m, "rollout_exporter_poll_duration_seconds_count"),
                 metric_sum(m, "rollout_exporter_poll_duration_seconds_sum"),
                 metric_sum(m, "rollout_exporter_polled_rows_total"),
                 metric_sum(m, "rollout_exporter_poll_errors_total"))
 
-    def wait_polls(self, count, k, timeout=None):
+    def wait_polls(self, count: float, k: int, timeout: float | None = None) -> tuple[float, float, float, float]:
         timeout = timeout or (k + 2) * self.interval + 60
-        return wait_for(f"{k} more poll(s)", lambda: (lambda p: p if p[0] >= count + k else None)(self.polls()),
-                        timeout=timeout)
+        return wait_until(f"{k} more poll(s)", lambda: (lambda p: p if p[0] >= count + k else None)(self.polls()),
+                          timeout, 0.02)
 
-    def measure_poll(self):
+    def measure_poll(self) -> dict:
         """Duration (exporter histogram) and database time (pg_stat_statements) of the next poll."""
         c0, s0, r0, e0 = self.polls()
         g0 = self.cl.pgss_total(self.USER, self.db)
@@ -490,7 +428,7 @@ class Ours:
                 "db_ms_per_poll": (g1[1] - g0[1]) / n if g0 else None,
                 "statements_per_poll": (g1[0] - g0[0]) / n if g0 else None}
 
-    def measure_polls(self, k, before=None):
+    def measure_polls(self, k: int, before: Callable[[], Any] | None = None) -> dict:
         """k single polls (each after `before()`, if given); the median one, and all of them."""
         polls = []
         for _ in range(k):
@@ -501,19 +439,20 @@ class Ours:
         polls.sort(key=lambda p: p["mean_ms"])
         return dict(polls[len(polls) // 2], all_ms=[round(p["mean_ms"], 2) for p in polls], polls=k)
 
-    def last_event(self):
+    def last_event(self) -> float:
         vals = [v for _, v in self.metrics().get("assignment_coordinator_last_event_timestamp_seconds", [])]
         return max(vals) if vals else 0.0
 
-    def total(self):
+    def total(self) -> float:
         return metric_sum(self.metrics(), "assignment_coordinator_events_total")
 
-    def stop(self):
+    def stop(self) -> None:
         if self.p:
             self.procs.stop(self.p)
 
 
-def db_time_per_minute(cl, user, db, port, seconds, writer, rate):
+def db_time_per_minute(cl: Cluster, user: str, db: str, port: int, seconds: int, writer: Writer,
+                       rate: float) -> dict | None:
     """Database time (exec + plan, pg_stat_statements) one exporter costs while Prometheus scrapes it
     every 5 s and a writer inserts at the production rate, over `seconds`, scaled to a minute."""
     if not cl.pgss:
@@ -538,7 +477,7 @@ def db_time_per_minute(cl, user, db, port, seconds, writer, rate):
             "measured_s": round(elapsed, 1), "scrapes": scrapes}
 
 
-def follow(ours, writer, rates, step_s, batch):
+def follow(ours: Ours, writer: Writer, rates: list[int], step_s: int, batch: int) -> dict:
     """Steps of a concurrent writer; a step holds when the ingest lag (now - newest coordinator
     created_at the exporter counted) stays under 2 x the poll interval with no poll error."""
     steps, best = [], 0.0
@@ -588,7 +527,8 @@ def follow(ours, writer, rates, step_s, batch):
     return {"best_rows_s": round(best), "lag_bound_s": bound, "steps": steps}
 
 
-def measure_ours(args, binary, cl, db, size, procs, logdir, res, between):
+def measure_ours(args: argparse.Namespace, binary: str, cl: Cluster, db: str, size: dict, procs: Processes,
+                 logdir: Path, res: dict, between: Callable[[], None]) -> None:
     """Everything about our exporter; `between()` (the peers) runs after the steady-state figures and
     before the follow steps, so every exporter is measured on the seeded table, not on the rows
     the follow writer adds (our exporter keeps running meanwhile: one cheap poll every 5 s)."""
@@ -661,12 +601,13 @@ def measure_ours(args, binary, cl, db, size, procs, logdir, res, between):
 # ---------------------------------------------------------------- peers
 
 
-def runbook_sql(window):
+def runbook_sql(window: str) -> str:
     return "\n".join(l for l in (BENCH / f"sql/runbook_{window}.sql").read_text().splitlines()
                      if not l.startswith("--")).rstrip().rstrip(";")
 
 
-def peer_query_exporter(cl, db, port, cached, path):
+def peer_query_exporter(cl: Cluster, db: str, port: int, cached: bool,
+                        path: Path) -> tuple[list[str | None], dict[str, str] | None, str]:
     """query-exporter: the runbook's 6 h and 48 h queries; `interval: 5` caches, none runs per scrape."""
     metrics, queries = {}, {}
     for w in ("6h", "48h"):
@@ -685,7 +626,8 @@ def peer_query_exporter(cl, db, port, cached, path):
     return [str(venv), "--config", str(path), "-H", "127.0.0.1", "-p", str(port)], None, "runbook_48h_total"
 
 
-def peer_postgres_exporter(cl, db, port, cached, path):
+def peer_postgres_exporter(cl: Cluster, db: str, port: int, cached: bool,
+                           path: Path) -> tuple[list[str | None], dict[str, str] | None, str]:
     """postgres_exporter 0.11 (Debian): the same queries through --extend.query-path, cache_seconds 5."""
     cfg = {}
     for w in ("6h", "48h"):
@@ -711,24 +653,26 @@ PEERS = [
 ]
 
 
-def measure_peer(args, cl, db, size, procs, logdir, name, user, build, cached):
+def measure_peer(args: argparse.Namespace, cl: Cluster, db: str, size: dict, procs: Processes, logdir: Path,
+                 name: str, user: str, build: Callable[..., tuple[list[str | None], dict[str, str] | None, str]],
+                 cached: bool) -> dict:
     port = free_port()
     mode = "cached 5s" if cached else "at scrape"
     cmd, env, marker = build(cl, db, port, cached, logdir / f"{name}-{db}-{'cached' if cached else 'scrape'}.yaml")
     if not cmd[0]:
-        raise Fail(f"{name} is not installed")
+        raise Fail(f"{name} is not installed")  # the full run installs the peers (bench/run.sh)
     logpath = logdir / f"{name}-{db}.log"
     p = procs.start(name, cmd, logpath, env=env)
     out = {"mode": mode}
     try:
         t = time.perf_counter()
 
-        def ready():
+        def ready() -> bool:
             if p.poll() is not None:
                 raise Fail(f"{name} exited {p.returncode}; see {logpath}")
             s, body = get(port, "/metrics", timeout=120)
             return s == 200 and marker in body
-        wait_for(f"{name} to export {marker}", ready, timeout=180, interval=0.1)
+        wait_until(f"{name} to export {marker}", ready, 180, 0.1)
         out["ready_s"] = time.perf_counter() - t
         log(f"{db}: {name} ({mode}): sequential and wrk")
         out["seq"] = sequential(port, args.seq_requests, args.slow_budget)
@@ -748,7 +692,7 @@ def measure_peer(args, cl, db, size, procs, logdir, name, user, build, cached):
 # ---------------------------------------------------------------- report
 
 
-def fmt(v, unit="", digits=None):
+def fmt(v: float | str | None, unit: str = "", digits: int | None = None) -> str:
     if v is None:
         return "–"
     if isinstance(v, str):
@@ -758,7 +702,7 @@ def fmt(v, unit="", digits=None):
     return f"{v:,.{digits}f}{unit}"
 
 
-def table(results):
+def table(results: list[dict]) -> str:
     head = ["size", "exporter", "mode", "start-up to ready", "vs psql 48 h", "poll, no new rows", "poll, 1,000 rows",
             "follow (lag < 2x poll)", "/metrics p50", "/metrics p99", "req/s wrk -c4", "peak RSS", "DB time / min"]
     rows = []
@@ -789,7 +733,7 @@ def table(results):
     return "\n".join(lines)
 
 
-def targets(results):
+def targets(results: list[dict]) -> list[tuple[str, str, str]]:
     """The issue's targets at the largest size, each with its measured value and verdict."""
     big = max(results, key=lambda r: r["size"]["rows"])
     small = min(results, key=lambda r: r["size"]["rows"])
@@ -803,7 +747,7 @@ def targets(results):
     ours_db = o["db"]["ms_per_min"] if o["db"] else None
     t = []
 
-    def add(name, value, ok):
+    def add(name: str, value: str, ok: bool | None) -> None:
         t.append((name, value, "met" if ok else "**missed**" if ok is not None else "not measured"))
     add("/metrics p50 <= 0.5 ms", fmt(o["seq"]["p50_ms"], " ms"), o["seq"]["p50_ms"] <= 0.5)
     add("/metrics p99 <= 2 ms", fmt(o["seq"]["p99_ms"], " ms"), o["seq"]["p99_ms"] <= 2)
@@ -829,13 +773,13 @@ def targets(results):
     return t
 
 
-def machine(cl):
+def machine(cl: Cluster) -> dict:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), "?")
     mem = next((int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines()
                 if l.startswith("MemTotal")), 0) / 1024 / 1024
 
-    def v(cmd):
+    def v(cmd: list[Any]) -> str:
         try:
             r = run(cmd, check=False, timeout=30)
             return (r.stdout.strip() or r.stderr.strip()).splitlines()[0]  # some print --version on stderr
@@ -861,11 +805,12 @@ def machine(cl):
     }
 
 
-def platform_release():
+def platform_release() -> str:
     return os.uname().release
 
 
-def write_doc(path, results, mach, cmd, started, args, cl):
+def write_doc(path: Path, results: list[dict], mach: dict, cmd: str, started: str, args: argparse.Namespace,
+              cl: Cluster) -> None:
     gen = [
         "<!-- bench:begin (generated by bench/run.sh; edit outside the markers) -->",
         f"Measured {started} on {mach['nproc']} cores ({mach['cpu']}), {mach['memory_gib']} GiB, Debian "
@@ -914,7 +859,7 @@ def write_doc(path, results, mach, cmd, started, args, cl):
             if any(k in l for k in ("Scan", "Gather", "Workers", "Execution Time")))[:400] + "`")
     gen += ["", "Cluster: a throwaway PostgreSQL started by the harness (shared_buffers "
             f"{cl.shared_buffers}, fsync/synchronous_commit/full_page_writes off for the writers, other settings "
-            "default), one database per size, schema SCHEMA_BIGINT of tests/suite/helpers.rs and "
+            "default), one database per size, schema tests/sql/observability_events.sql and "
             "deploy/sql/index.sql, VACUUM ANALYZE after seeding. Database time is pg_stat_statements "
             "total_exec_time + total_plan_time of the exporter's own role, measured over "
             f"{args.db_seconds_ours} s for rollout-exporter (so one of its once-a-minute reconciliations falls inside) "
@@ -939,7 +884,7 @@ def write_doc(path, results, mach, cmd, started, args, cl):
 # ---------------------------------------------------------------- main
 
 
-def main():
+def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
     ap.add_argument("--smoke", action="store_true")
@@ -970,75 +915,118 @@ def main():
         shutil.chown(base, "postgres", "postgres")
     for old_log in base.glob("*.log"):
         old_log.unlink()  # logs are appended within a run, never across runs
-    procs = Procs(base / "pids")
+    r = REPORT
+    on_signals_raise()  # SIGTERM / SIGINT fail the current step; the finally below cleans up
+    if not tools_present(r, args.smoke):
+        return r.close()
+    procs = Processes(pidfile=base / "pids", tmp=base)
     cl = Cluster(base, procs, "128MB" if args.smoke else "2GB")
-
-    def on_signal(sig, _frame):
-        raise Fail(f"signal {sig}")
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    results = []
-    step = "cluster"
+    results: list[dict] = []
+    step = "exporter binary"
     try:
+        binary = copy_binary(Path(args.binary), base)
+        r.ok(step, f"{args.binary}, commit {os.environ.get('BENCH_EXPORTER_COMMIT', '?')}")
+        step = "throwaway PostgreSQL cluster"
         log(f"throwaway PostgreSQL in {cl.dir} on 127.0.0.1:{cl.port}")
         cl.init()
-        if not cl.pgss:
-            log("pg_stat_statements unavailable: database times are not measured")
+        r.ok(step, f"127.0.0.1:{cl.port}")
+        if not cl.pgss:  # under CI=true cl.init() has failed already
+            r.skip("pg_stat_statements", "unavailable (postgresql-contrib): database times are not measured")
         roles = [Ours.USER] + [u for _, u, _ in PEERS]
         for role in roles:
             cl.sql(f"CREATE ROLE {role} LOGIN")
         for n in sizes:
             db = f"bench_{n}"
-            step = f"seed {n:,}"
+            step = f"seed {n:,} rows"
             log(f"seeding {n:,} rows into {db}")
             size = seed(cl, db, n, roles)
-            r = {"size": size}
-            step = f"rollout-exporter at {n:,}"
+            r.ok(step, f"{size['rows']:,} rows in {size['seed_seconds']} s")
+            res: dict = {"size": size}
+            step = f"rollout-exporter at {n:,} rows"
 
-            def peers(r=r, db=db, size=size, n=n):
+            def peers(res: dict = res, db: str = db, size: dict = size, n: int = n) -> None:
                 nonlocal step
                 if args.no_peers:
                     return
-                r["peers"] = []
+                res["peers"] = []
                 for name, user, build in PEERS:
                     for cached in (False, True):
-                        step = f"{name} at {n:,}"
-                        p = measure_peer(args, cl, db, size, procs, base, name, user, build, cached)
-                        p["name"] = name
-                        r["peers"].append(p)
-                step = f"rollout-exporter follow at {n:,}"
-            measure_ours(args, args.binary, cl, db, size, procs, base, r, peers)
-            results.append(r)
+                        step = f"{name} ({'cached 5s' if cached else 'at scrape'}) at {n:,} rows"
+                        pr = measure_peer(args, cl, db, size, procs, base, name, user, build, cached)
+                        pr["name"] = name
+                        res["peers"].append(pr)
+                        r.ok(step, f"ready after {fmt(pr['ready_s'], ' s')}, p50 {fmt(pr['seq']['p50_ms'], ' ms')}")
+                step = f"rollout-exporter follow at {n:,} rows"
+            measure_ours(args, str(binary), cl, db, size, procs, base, res, peers)
+            o = res["ours"]
+            r.ok(f"rollout-exporter at {n:,} rows",
+                 f"start-up {fmt(o['startup_s'], ' s')}, idle poll {fmt(o['poll_idle']['mean_ms'], ' ms')}, "
+                 f"/metrics p50 {fmt(o['seq']['p50_ms'], ' ms')}, follow {o['follow']['best_rows_s']:,} rows/s")
+            # A miscount or a panic under load is a finding: recorded, the run goes on, the stage fails.
+            r.check(not o.get("failure") and not o.get("panics"),
+                    f"rollout-exporter counts every row exactly and does not panic under load at {n:,} rows",
+                    f"{o.get('failure', '')}\n" + "\n".join(o.get("panics", [])))
+            results.append(res)
             if not args.smoke:
                 cl.sql(f"DROP DATABASE {db}")  # room for the next size
             (base / "results.json").write_text(json.dumps(results, indent=1, default=str))
         print(table(results))
+        step = "results"
         mach = machine(cl)
         (base / "results.json").write_text(json.dumps({"machine": mach, "results": results}, indent=1, default=str))
         if args.smoke:
+            step = "smoke results complete and the follow step held"
             o = results[0]["ours"]
             missing = [k for k in ("startup_s", "poll_idle", "poll_1000", "seq", "rss_steady_mib", "follow") if not o.get(k)]
             if missing or not o["follow"]["steps"] or not o["follow"]["steps"][0]["ok"]:
                 raise Fail(f"smoke results incomplete or follow step failed: {missing or o['follow']}")
-            log("smoke ok")
+            r.ok(step, str(base / "results.json"))
         else:
             print()
             for a, b, c in targets(results):
                 print(f"{c:>14}  {a}: {b}")
+            step = f"write {args.doc}"
             write_doc(Path(args.doc), results, mach, args.command, started, args, cl)
-            log(f"wrote {args.doc} and {base / 'results.json'}")
-        problems = [f"{r['size']['rows']:,} rows: {r['ours'].get('failure', '')} {' | '.join(r['ours'].get('panics', []))}"
-                    for r in results if r["ours"].get("failure") or r["ours"].get("panics")]
-        if problems:
-            raise Fail("the exporter misbehaved under load:\n  " + "\n  ".join(problems))
+            r.ok(step, f"and {base / 'results.json'}")
     except Fail as e:
-        log(f"FAILED at step '{step}': {e}")
-        return 1
+        r.fail(step, str(e))
+    except Exception:  # noqa: BLE001 - a crash is a failed step, reported
+        import traceback
+        r.fail(step, "crashed\n" + traceback.format_exc())
     finally:
         procs.stop_all()
         cl.stop()
-    return 0
+    return r.close()
+
+
+def tools_present(r: Report, smoke: bool) -> bool:
+    """The tools the run needs. Missing: FAIL under CI=true, SKIP outside it (the run does not
+    start). wrk alone is optional outside CI in a smoke run (its step is skipped then)."""
+    need = [(PG_BIN / t, "postgresql-15 (or set PG_BIN)") for t in ("initdb", "pg_ctl", "pgbench", "pg_config")]
+    missing = [f"{path} ({pkg})" for path, pkg in need if not os.access(path, os.X_OK)]
+    missing += [f"{t} (Debian {pkg})" for t, pkg in (("psql", "postgresql-client"),) if not shutil.which(t)]
+    if not shutil.which("wrk") and (CI or not smoke):
+        missing.append("wrk (Debian wrk)")
+    for m in missing:
+        if CI:
+            r.fail(f"tool {m.split()[0]}", f"{m} is not installed; CI=true makes a missing tool a failure")
+        elif not smoke:
+            r.fail(f"tool {m.split()[0]}", f"{m} is not installed; the full run needs it")
+        else:
+            r.skip(f"tool {m.split()[0]}", f"{m} is not installed: the benchmark does not run")
+    if not missing:
+        r.ok("tools", "initdb, pg_ctl, pgbench, pg_config, psql" + (", wrk" if shutil.which("wrk") else ""))
+    return not missing
+
+
+def copy_binary(binary: Path, base: Path) -> Path:
+    """One binary for the whole run, even if target/release is rebuilt meanwhile."""
+    if not os.access(binary, os.X_OK):
+        raise Fail(f"no exporter binary at {binary} (set ROLLOUT_EXPORTER_BIN or build it)")
+    dest = base / "rollout-exporter"
+    shutil.copy2(binary, dest)
+    return dest
 
 
 if __name__ == "__main__":

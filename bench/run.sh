@@ -12,7 +12,10 @@
 # PG_BIN), psql, python3 and wrk; the full run also installs query-exporter into
 # target/bench/venv (PyPI) and prometheus-postgres-exporter (Debian). Everything listens on
 # 127.0.0.1 only. ROLLOUT_EXPORTER_BIN picks the binary (default: cargo build --release).
-# With CI=true a missing tool is a failure, never a skip.
+# Report protocol (tools/rexlib.py): one `ok <step>` / `FAIL <step>: <reason>` / `SKIP <step>: <why>`
+# line per step, then exactly `bench: N passed, N failed` (`, N skipped` when something was
+# skipped); the exit status is non-zero when anything failed. With CI=true a missing tool is a
+# failure, never a skip; without it, a skip with the reason (wrk alone skips only its own step).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +31,8 @@ mode=$([ "$smoke" = 1 ] && echo smoke || echo full)
 base="target/bench/$mode"
 mkdir -p "$base"
 
-fail() { echo "bench/run.sh: $*" >&2; exit 1; }
+# A failure before the harness runs, in the same protocol: the FAIL line and the closing line.
+fail() { printf 'FAIL %s: %s\nbench: 0 passed, 1 failed\n' "$1" "$2"; exit 1; }
 
 # Whatever happens (failure, Ctrl-C, SIGTERM), kill what the harness started (its pid file lists
 # them, one process group each) and stop the throwaway cluster.
@@ -61,46 +65,37 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-pg_bin="${PG_BIN:-/usr/lib/postgresql/15/bin}"
-for tool in "$pg_bin/initdb" "$pg_bin/pg_ctl" "$pg_bin/pgbench"; do
-  [ -x "$tool" ] || fail "missing $tool (Debian postgresql-15; or set PG_BIN)"
-done
-command -v psql >/dev/null || fail "missing psql"
-command -v python3 >/dev/null || fail "missing python3"
-if ! command -v wrk >/dev/null; then
-  if [ "${CI:-}" = true ] || [ "$smoke" = 0 ]; then fail "missing wrk (Debian wrk)"; fi
-  echo "bench/run.sh: warning: wrk missing, its step is skipped (CI fails instead)" >&2
-fi
+command -v python3 >/dev/null || fail "tool python3" "python3 is not installed"
+# The other tools (PostgreSQL server binaries, psql, wrk) are checked and reported by the harness.
 
 if [ "$smoke" = 0 ]; then
   # The peers, installed on demand: query-exporter in its own venv, postgres_exporter from Debian
   # without starting its service (the harness starts it on a loopback port).
   # SQLAlchemy 2.1 maps postgresql:// to psycopg 3.
   if ! { [ -x target/bench/venv/bin/query-exporter ] && target/bench/venv/bin/python -c 'import psycopg' 2>/dev/null; }; then
-    python3 -m venv target/bench/venv
-    target/bench/venv/bin/pip install -q query-exporter 'psycopg[binary]'
+    { python3 -m venv target/bench/venv &&
+      target/bench/venv/bin/pip install -q query-exporter 'psycopg[binary]'; } ||
+      fail "peer query-exporter" "could not install query-exporter into target/bench/venv"
   fi
   if ! command -v prometheus-postgres-exporter >/dev/null; then
-    [ "$(id -u)" = 0 ] || fail "prometheus-postgres-exporter missing and not root"
+    [ "$(id -u)" = 0 ] || fail "peer postgres_exporter" "prometheus-postgres-exporter missing and not root"
     policy=/usr/sbin/policy-rc.d
     created_policy=0
     if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created_policy=1; fi
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-postgres-exporter >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-postgres-exporter >/dev/null ||
+      fail "peer postgres_exporter" "apt-get install prometheus-postgres-exporter failed"
     [ "$created_policy" = 1 ] && rm -f "$policy"
   fi
 fi
 
 bin="${ROLLOUT_EXPORTER_BIN:-}"
 if [ -z "$bin" ]; then
-  cargo build --release --locked --quiet
+  cargo build --release --locked --quiet || fail "exporter binary" "cargo build --release failed"
   bin="$PWD/target/release/rollout-exporter"
 fi
-[ -x "$bin" ] || fail "no exporter binary at $bin"
-# One binary for the whole run, even if target/release is rebuilt meanwhile, and the commit it
-# was built from (for docs/benchmarks.md).
-cp "$bin" "$base/rollout-exporter"
-bin="$PWD/$base/rollout-exporter"
+# The harness copies the binary into $base (one binary for the whole run); the commit it was built
+# from goes into docs/benchmarks.md.
 commit="$(git rev-parse --short HEAD)"
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock || commit="$commit+uncommitted"
 export BENCH_EXPORTER_COMMIT="$commit"
