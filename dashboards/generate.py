@@ -54,7 +54,7 @@ def observed(criterion: str) -> str:
 RED, GREEN, YELLOW, BLUE = "red", "green", "yellow", "blue"
 
 
-def steps(*pairs):
+def steps(*pairs: tuple[float | None, str]) -> dict:
     """Threshold steps: (None, base colour), then (value, colour) ascending."""
     return {"mode": "absolute", "steps": [{"color": c, "value": v} for v, c in pairs]}
 
@@ -68,7 +68,7 @@ PASS_FAIL = [
 
 
 class Dash:
-    def __init__(self, uid: str, title: str, description: str, tags: list[str]):
+    def __init__(self, uid: str, title: str, description: str, tags: list[str]) -> None:
         self.uid, self.title, self.description, self.tags = uid, title, description, tags
         self.panels: list[dict] = []
         self.next_id = 1
@@ -81,20 +81,21 @@ class Dash:
         self.next_id += 1
         return i
 
-    def row(self, title: str):
+    def row(self, title: str) -> None:
         self._newline()
         self.panels.append({"type": "row", "id": self._id(), "title": title, "collapsed": False,
                             "gridPos": {"x": 0, "y": self.y, "w": 24, "h": 1}, "panels": []})
         self.y += 1
 
-    def _newline(self):
+    def _newline(self) -> None:
         if self.x:
             self.y += self.row_h
             self.x, self.row_h = 0, 0
 
     def panel(self, kind: str, title: str, description: str, unit: str, targets: list[tuple[str, str]],
-              w: int = 8, h: int = 8, thresholds=None, mappings=None, options=None, custom=None,
-              minv=None, maxv=None, decimals=None):
+              w: int = 8, h: int = 8, thresholds: dict | None = None, mappings: list | None = None,
+              options: dict | None = None, custom: dict | None = None, minv: float | None = None,
+              maxv: float | None = None, decimals: int | None = None) -> dict:
         if self.x + w > 24:
             self._newline()
         defaults: dict = {"unit": unit, "color": {"mode": "thresholds" if kind != "timeseries" else "palette-classic"}}
@@ -143,7 +144,7 @@ class Dash:
         return p
 
     def render(self) -> dict:
-        def query_var(name, label, query, multi):
+        def query_var(name: str, label: str, query: str, multi: bool) -> dict:
             v = {
                 "name": name, "label": label, "type": "query", "datasource": DS,
                 "query": {"query": query, "refId": f"{name}-variable"}, "definition": query,
@@ -206,7 +207,7 @@ SOAK_PROGRESS_EXPR = (f"clamp_max((time() - assignment_rollout_phase_started_tim
                       f" / assignment_rollout_soak_window_seconds{sel()}, 1)")
 
 
-def status_panels(d: Dash, compact: bool):
+def status_panels(d: Dash, compact: bool) -> None:
     w = 6 if compact else 4
     d.panel("stat", "Decision", "The gate's current decision (assignment_rollout_decision): GO, PENDING "
             "(soak not elapsed or too few starts) or NO-GO.", "none", [(DECISION_EXPR, "{{instance}}")],

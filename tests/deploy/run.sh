@@ -5,7 +5,9 @@
 #   ROLLOUT_EXPORTER_BIN=target/release/rollout-exporter tests/deploy/run.sh
 #   CI=true tests/deploy/run.sh         # a missing tool (promtool, amtool) or file fails, not skips
 #
-# Last line: `deploy: N passed, N failed`; exit status 1 when anything failed.
+# Report protocol (tools/rexlib.py): `ok <check> (note)`, `FAIL <check>: <reason>`, `SKIP <check>: <why>`;
+# last line: `deploy: N passed, N failed` (`, N skipped` when something was skipped); exit status 1
+# when anything failed.
 # Needs: Python 3.11 with PyYAML (installed into target/deploy-venv from PyPI when it is missing),
 # promtool (Debian: prometheus), amtool (Debian: prometheus-alertmanager); uses systemd-analyze,
 # kubectl (kustomize) and psql + a local PostgreSQL when present. No Docker engine is needed: the

@@ -66,7 +66,7 @@ def post(am: str, alerts: list[dict]) -> None:
 
 def inhibition(r: k.Report, am: str, hook: k.Webhook) -> None:
     """Exporter `a` cannot read its database: its data alert is inhibited; exporter `b`'s is not."""
-    def alert(name, instance, severity, signal):
+    def alert(name: str, instance: str, severity: str, signal: str) -> dict:
         return {"labels": {"alertname": name, "environment": "staging", "instance": instance,
                            "job": "rollout-exporter", "severity": severity, "signal": signal},
                 "annotations": {"summary": "kit inhibition test"}}
@@ -83,7 +83,7 @@ def inhibition(r: k.Report, am: str, hook: k.Webhook) -> None:
     ]
     post(am, batch)
 
-    def state():
+    def state() -> dict:
         got = k.http_json(am + "/api/v2/alerts")
         return {(a["labels"]["alertname"], a["labels"]["instance"]): a["status"] for a in got}
 
@@ -118,7 +118,7 @@ def inhibition(r: k.Report, am: str, hook: k.Webhook) -> None:
             "a fast burn inhibits the slow-burn ticket of the same exporter")
 
     # What reaches the receivers (group_wait 1s in the copy).
-    def delivered():
+    def delivered() -> tuple[set, set] | None:
         pager = {(a["labels"]["alertname"], a["labels"]["instance"]) for a in hook.alerts("/pager")}
         ticket = {(a["labels"]["alertname"], a["labels"]["instance"]) for a in hook.alerts("/ticket")}
         want_pager = {("RolloutExporterDatabaseDown", "a:9864"), ("RolloutSoakSuccessRatioBelowThreshold", "b:9864"),

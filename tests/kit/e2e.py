@@ -106,7 +106,7 @@ scrape_configs:
             "\n".join(f"{x['name']}: {x.get('lastError')}" for x in rules if x.get("health") == "err"))
 
     # 4. Wait for the degraded exporter's page to reach the pager webhook.
-    def degraded_page():
+    def degraded_page() -> list[dict]:
         return [a for a in hook.alerts("/pager")
                 if a["labels"].get("environment") == DEGRADED and a["labels"].get("severity") == "critical"]
     try:
