@@ -6,10 +6,12 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rollout_exporter::config::{RolloutConfig, TallyConfig, Window};
 use rollout_exporter::events::{ContextKind, Row, KNOWN_EVENT_TYPES};
-use rollout_exporter::metrics::{registry, render, ExporterMetrics};
-use rollout_exporter::rollout::{Flags, Thresholds};
-use rollout_exporter::state::State;
+use rollout_exporter::outputs::metrics::{registry, render};
+use rollout_exporter::outputs::Live;
+use rollout_exporter::rollout::{Flags, PhaseView, Thresholds};
+use rollout_exporter::snapshot::Snapshot;
 use rollout_exporter::tally::Tally;
+use rollout_exporter::time::UnixMicros;
 
 const NOW_US: i64 = 1_800_000_000_000_000;
 
@@ -19,6 +21,8 @@ fn tally_config() -> TallyConfig {
             .iter()
             .map(|l| Window { label: l.to_string(), seconds: humantime::parse_duration(l).unwrap().as_secs() })
             .collect(),
+        soak: Window { label: "48h".into(), seconds: 172_800 },
+        active_within: Duration::from_secs(600),
         reason_cap: 50,
         event_type_cap: 50,
         stuck_after: Duration::from_secs(900),
@@ -54,7 +58,7 @@ fn fold(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let mut t = Tally::new(tally_config());
-                t.advance(NOW_US);
+                t.advance(UnixMicros(NOW_US));
                 (t, batch.clone())
             },
             |(mut t, mut rows)| {
@@ -69,7 +73,7 @@ fn fold(c: &mut Criterion) {
 
 fn render_metrics(c: &mut Criterion) {
     let mut t = Tally::new(tally_config());
-    t.advance(NOW_US);
+    t.advance(UnixMicros(NOW_US));
     t.fold_rows(&mut rows(200_000, 48 * 3600));
     let rollout = RolloutConfig {
         flags_file: None,
@@ -81,9 +85,10 @@ fn render_metrics(c: &mut Criterion) {
         circuit_hold: Duration::from_secs(300),
     };
     let phase = Flags { v3: Some("true".into()), shadow: Some("false".into()), max_parallel: Some("3".into()) }.phase();
-    let state = State::new(rollout, phase, ExporterMetrics::new());
-    state.publish_tally(t.view(172_800, 600));
-    let reg = registry(&state).unwrap();
+    let started_at = rollout.phase_started_at.unwrap_or(0.0);
+    let snapshot = Snapshot { ready: true, tally: t.view(), ..Snapshot::default() };
+    let live = Live::fixed(snapshot, PhaseView { state: phase, started_at }, rollout);
+    let reg = registry(&live).unwrap();
     c.bench_function("render_metrics", |b| b.iter(|| render(&reg)));
 }
 

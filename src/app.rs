@@ -1,24 +1,28 @@
-//! Wiring: build the app (bind, state, traffic source, flags watcher) and run it until a shutdown
-//! future resolves. Tests call [`App::build_serve`] / [`App::build_demo`] with port 0.
+//! Wiring: bind, start the flags watcher and the ingest loop over a source, serve the outputs,
+//! and stop everything when a shutdown future resolves. Tests call [`App::build_serve`] /
+//! [`App::build_demo`] with port 0.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::config::{DemoConfig, HttpConfig, RolloutConfig, ServeConfig};
-use crate::metrics::ExporterMetrics;
-use crate::rollout::{Flags, Phase, PhaseState};
-use crate::source::postgres::SourceError;
-use crate::source::{demo, sleep_or_shutdown, Follower};
-use crate::state::{unix_now, State};
+use crate::config::{DemoConfig, HttpConfig, RolloutConfig, ServeConfig, TallyConfig};
+use crate::ingest;
+use crate::outputs::Live;
+use crate::rollout::phase::{read_flags, watch_flags, PhaseTracker};
+use crate::rollout::{Flags, PhaseState};
+use crate::snapshot::Snapshot;
+use crate::source::demo::DemoSource;
+use crate::source::postgres::{FollowConfig, PgSource};
+use crate::source::{Source, SourceError};
+use crate::time::UnixMicros;
 
-/// How often the flags file is compared with what was last read (changes show within 10 s).
-const FLAGS_RECHECK: Duration = Duration::from_secs(2);
-/// How long the traffic task may take to stop after shutdown.
+/// How long the ingest task may take to stop after shutdown.
 const DRAIN: Duration = Duration::from_secs(4);
 
 #[derive(Debug, thiserror::Error)]
@@ -33,37 +37,21 @@ pub enum AppError {
     SourceStopped(&'static str),
 }
 
-enum Traffic {
-    Postgres(Box<Follower>),
-    Demo(Box<DemoConfig>),
+/// Starts the ingest loop of one source; the app does not care which.
+type Starter = Box<dyn FnOnce(watch::Sender<Arc<Snapshot>>, watch::Receiver<bool>) -> JoinHandle<()> + Send>;
+
+fn starter<S: Source>(source: S, tally: TallyConfig) -> (Starter, &'static str) {
+    let start: Starter = Box::new(move |tx, stop| tokio::spawn(ingest::run(source, tally, tx, stop)));
+    (start, S::NAME)
 }
 
 pub struct App {
     listener: TcpListener,
     http: HttpConfig,
-    state: State,
-    traffic: Traffic,
-    flags_file: Option<PathBuf>,
-}
-
-/// Reads the flags: from the file when configured (an unreadable file is an invalid phase, not a
-/// crash), else from the environment.
-pub fn read_flags(file: Option<&PathBuf>) -> PhaseState {
-    match file {
-        None => Flags::from_env().phase(),
-        Some(path) => match Flags::from_file(path) {
-            Ok(flags) => flags.phase(),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read the flags file");
-                PhaseState {
-                    phase: Phase::Invalid,
-                    invalid_reasons: vec!["flags_file_unreadable"],
-                    max_parallel: None,
-                    flags: Flags::default(),
-                }
-            }
-        },
-    }
+    rollout: RolloutConfig,
+    phase: PhaseTracker,
+    start: Starter,
+    source_name: &'static str,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
@@ -73,136 +61,95 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, AppError> {
 impl App {
     pub async fn build_serve(cfg: ServeConfig) -> Result<App, AppError> {
         let listener = bind(cfg.http.listen).await?;
-        let http = cfg.http.clone();
-        let phase = read_flags(cfg.rollout.flags_file.as_ref());
-        let state = State::new(cfg.rollout.clone(), phase, ExporterMetrics::new());
-        let flags_file = cfg.rollout.flags_file.clone();
-        let follower = Follower::new(cfg)?;
-        Ok(App { listener, http, state, traffic: Traffic::Postgres(Box::new(follower)), flags_file })
+        let phase = PhaseTracker::new(
+            read_flags(cfg.rollout.flags_file.as_ref()),
+            cfg.rollout.phase_started_at,
+            UnixMicros::now().seconds(),
+        );
+        let source = PgSource::new(cfg.db.clone(), FollowConfig::serve(&cfg))?;
+        let (start, source_name) = starter(source, cfg.tally.clone());
+        Ok(App { listener, http: cfg.http, rollout: cfg.rollout, phase, start, source_name })
     }
 
     /// The demo defaults to phase `full` begun one soak window ago, unless flags are given.
-    pub async fn build_demo(mut cfg: DemoConfig) -> Result<App, AppError> {
+    pub async fn build_demo(cfg: DemoConfig) -> Result<App, AppError> {
         let listener = bind(cfg.http.listen).await?;
-        let http = cfg.http.clone();
-        let env_flags = Flags::from_env();
-        let phase = if cfg.rollout.flags_file.is_none() && env_flags == Flags::default() {
+        let now = UnixMicros::now().seconds();
+        let state: PhaseState = if cfg.rollout.flags_file.is_none() && Flags::from_env() == Flags::default() {
             Flags { v3: Some("true".into()), shadow: Some("false".into()), max_parallel: Some("3".into()) }.phase()
         } else {
             read_flags(cfg.rollout.flags_file.as_ref())
         };
-        if cfg.rollout.phase_started_at.is_none() {
-            cfg.rollout.phase_started_at = Some(unix_now() - cfg.rollout.soak.seconds as f64);
-        }
-        let state = State::new(cfg.rollout.clone(), phase, ExporterMetrics::new());
-        let flags_file = cfg.rollout.flags_file.clone();
-        Ok(App { listener, http, state, traffic: Traffic::Demo(Box::new(cfg)), flags_file })
+        let mut rollout = cfg.rollout.clone();
+        rollout.phase_started_at = Some(rollout.phase_started_at.unwrap_or(now - rollout.soak.seconds as f64));
+        let phase = PhaseTracker::new(state, rollout.phase_started_at, now);
+        let (start, source_name) = starter(DemoSource::new(cfg.clone()), cfg.tally.clone());
+        Ok(App { listener, http: cfg.http, rollout, phase, start, source_name })
     }
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    pub fn state(&self) -> State {
-        self.state.clone()
-    }
-
-    pub fn rollout_config(&self) -> &RolloutConfig {
-        self.state.rollout_config()
-    }
-
     /// Serves until `shutdown` resolves, then stops the server and the source within a few seconds.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
-        let (tx, rx) = watch::channel(false);
-        let (traffic, what) = match self.traffic {
-            Traffic::Postgres(f) => (tokio::spawn(f.run(self.state.clone(), rx.clone())), "database poller"),
-            Traffic::Demo(cfg) => (tokio::spawn(demo::run(*cfg, self.state.clone(), rx.clone())), "demo simulator"),
-        };
-        let watcher = tokio::spawn(watch_flags(self.flags_file.clone(), self.state.clone(), rx.clone()));
-        let mut server_rx = rx.clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (snap_tx, snapshots) = watch::channel(Arc::new(Snapshot::empty(UnixMicros::now())));
+        let (phase_tx, phases) = watch::channel(Arc::new(self.phase.view().clone()));
+        let live = Live { snapshots, phases, rollout: Arc::new(self.rollout.clone()) };
+        let mut ingest = (self.start)(snap_tx, stop_rx.clone());
+        let watcher = tokio::spawn(watch_flags(self.rollout.flags_file.clone(), self.phase, phase_tx, stop_rx.clone()));
         // The source must outlive the server: if it ever stops on its own (a bug), serving frozen
         // numbers as if fresh would be worse than a restart. Stop everything and report it.
         let (died_tx, mut died_rx) = watch::channel(false);
-        let mut traffic = traffic;
         let watched = tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown => {
-                    let _ = tx.send(true);
-                    let _ = tokio::time::timeout(DRAIN, &mut traffic).await;
+                    let _ = stop_tx.send(true);
+                    let _ = tokio::time::timeout(DRAIN, &mut ingest).await;
                 }
-                result = &mut traffic => {
+                result = &mut ingest => {
                     if let Err(e) = result {
-                        tracing::error!(error = %e, "the source task failed");
+                        tracing::error!(error = %e, "the ingest task failed");
                     }
                     let _ = died_tx.send(true);
-                    let _ = tx.send(true);
+                    let _ = stop_tx.send(true);
                 }
             }
         });
-        let router = crate::http::router_with(self.state.clone(), &self.http);
-        let addr = self.listener.local_addr().map_err(AppError::Serve)?;
-        let stop = async move {
-            let _ = server_rx.wait_for(|stop| *stop).await;
-        };
-        let served = match self.http.web.as_ref().and_then(|w| w.tls.clone()) {
-            Some(tls) => {
-                tracing::info!(%addr, tls = true, "listening");
-                let listener = crate::web::TlsListener::new(self.listener, tls).map_err(AppError::Serve)?;
-                axum::serve(listener, router).with_graceful_shutdown(stop).await
-            }
-            None => {
-                tracing::info!(%addr, tls = false, "listening");
-                axum::serve(self.listener, router).with_graceful_shutdown(stop).await
-            }
-        };
+        let served = serve(self.listener, &self.http, live, stop_rx).await;
         let _ = tokio::time::timeout(DRAIN, watched).await;
         watcher.abort();
-        served.map_err(AppError::Serve)?;
+        served?;
         if *died_rx.borrow_and_update() {
-            return Err(AppError::SourceStopped(what));
+            return Err(AppError::SourceStopped(self.source_name));
         }
         Ok(())
     }
 }
 
-/// Re-reads the flags file when its content changes (checked every 2 s) and on SIGHUP. SIGHUP is
-/// handled even without a flags file (then it only logs), so a reload never kills the exporter.
-async fn watch_flags(file: Option<PathBuf>, state: State, mut shutdown: watch::Receiver<bool>) {
-    let mut last = file.as_ref().and_then(|p| std::fs::read(p).ok());
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        #[cfg(unix)]
-        let hup_fired = async {
-            match hup.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hup_fired = std::future::pending::<()>();
-        let forced = tokio::select! {
-            stop = sleep_or_shutdown(FLAGS_RECHECK, &mut shutdown) => {
-                if stop { return; }
-                false
-            }
-            _ = hup_fired => true,
-        };
-        let Some(path) = &file else {
-            if forced {
-                tracing::info!("SIGHUP: no --flags-file; the flags come from the environment, which cannot change");
-            }
-            continue;
-        };
-        let now = std::fs::read(path).ok();
-        if forced || now != last {
-            if forced {
-                tracing::info!(path = %path.display(), "SIGHUP: re-reading the flags file");
-            }
-            last = now;
-            state.publish_phase(read_flags(Some(path)));
+/// Serves the outputs on `listener` (TLS when configured) until `stop` turns true.
+async fn serve(
+    listener: TcpListener,
+    http: &HttpConfig,
+    live: Live,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), AppError> {
+    let router = crate::outputs::http::router_with(live, http);
+    let addr = listener.local_addr().map_err(AppError::Serve)?;
+    let stopped = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    let served = match http.web.as_ref().and_then(|w| w.tls.clone()) {
+        Some(tls) => {
+            tracing::info!(%addr, tls = true, "listening");
+            let listener = crate::outputs::web::TlsListener::new(listener, tls).map_err(AppError::Serve)?;
+            axum::serve(listener, router).with_graceful_shutdown(stopped).await
         }
-    }
+        None => {
+            tracing::info!(%addr, tls = false, "listening");
+            axum::serve(listener, router).with_graceful_shutdown(stopped).await
+        }
+    };
+    served.map_err(AppError::Serve)
 }

@@ -63,13 +63,17 @@ pub struct Row {
     pub created_us: i64,
 }
 
-/// Rows grouped by Postgres at start-up (GROUP BY event type, reason and the shape of context).
+/// Rows aggregated by the source at start-up: by event type, reason, the shape of context and,
+/// for rows inside the longest window, the minute of `created_at`. The all-time counters and the
+/// per-minute buckets are both sums of these groups (the tally does the summing).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Group {
     pub event_type: Option<String>,
     pub reason: Option<String>,
     pub reason_json_type: Option<String>,
     pub context: ContextKind,
+    /// Unix minute of `created_at`; None for rows older than every window.
+    pub minute: Option<i64>,
     pub count: u64,
     /// Newest `created_at` in the group, Unix microseconds.
     pub last_us: i64,

@@ -3,7 +3,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use rollout_exporter::app::App;
 use rollout_exporter::config::{Cli, Validated};
-use rollout_exporter::{init_logging, verdict};
+use rollout_exporter::init_logging;
+use rollout_exporter::outputs::verdict;
 
 /// Usage and configuration errors.
 const EXIT_CONFIG: u8 = 2;
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
             Validated::Verdict(cfg) => match verdict::compute(&cfg).await {
                 Ok(v) => {
                     print!("{}", verdict::render(&v, cfg.format));
-                    ExitCode::from(v.decision.exit_code() as u8)
+                    ExitCode::from(v.decision.exit_code())
                 }
                 Err(e) => {
                     eprintln!("rollout-exporter: verdict unavailable: {e}");

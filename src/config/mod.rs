@@ -1,11 +1,10 @@
 //! Command line and environment, parsed once into validated types.
 //!
 //! Every flag has an environment fallback (12-factor) and a doc comment that becomes `--help`.
-//! [`Cli::parse_validated`] turns the raw strings into [`ServeConfig`], [`DemoConfig`] or
+//! [`Command::validate`] turns the raw strings into [`ServeConfig`], [`DemoConfig`] or
 //! [`VerdictConfig`]; nothing downstream sees an unvalidated value. Errors name the flag and exit 2.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -13,7 +12,29 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::rollout::Thresholds;
+mod url;
+pub mod web;
+
+use url::database_url;
+pub use url::{redact_url, DatabaseUrl};
+pub use web::{BasicAuth, WebConfig};
+
+/// Gate thresholds (defaults: the runbook's 97% / 1% and 100 starts).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Thresholds {
+    /// `success_ratio` passes at or above (ratio 0..1).
+    pub min_success_ratio: f64,
+    /// `manual_review_ratio` passes strictly below (ratio 0..1).
+    pub max_manual_review_ratio: f64,
+    /// Fewer coordinator.start rows in the soak window is `pending`.
+    pub min_starts: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds { min_success_ratio: 0.97, max_manual_review_ratio: 0.01, min_starts: 100 }
+    }
+}
 
 /// Exporter default port. The Prometheus port registry (9100-9999) is full; 9864 is not used by any
 /// widely deployed exporter we know of. Change it with `--listen`.
@@ -120,11 +141,23 @@ pub struct RolloutArgs {
     pub circuit_hold: String,
 }
 
+/// Label cardinality caps, shared by `serve`, `demo` and `verdict` (the runbook table folds event
+/// types past the cap into `other` in both, so the live gate and the command agree).
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// Reasons per event type that keep their own label; the rest become reason="other".
+    #[arg(long, env = "EXPORTER_REASON_CAP", default_value = "50")]
+    pub reason_cap: String,
+    /// Event types that keep their own label; the rest become event_type="other".
+    #[arg(long, env = "EXPORTER_EVENT_TYPE_CAP", default_value = "50")]
+    pub event_type_cap: String,
+}
+
 /// Options shared by `serve` and `demo`.
 #[derive(Debug, Args)]
 pub struct CommonArgs {
-    /// Listen address of the HTTP server.
-    #[arg(long, env = "LISTEN_ADDR", default_value = DEFAULT_LISTEN)]
+    /// Listen address of the HTTP server (`--web.listen-address`, as exporter-toolkit spells it, works too).
+    #[arg(long, env = "LISTEN_ADDR", default_value = DEFAULT_LISTEN, alias = "web.listen-address")]
     pub listen: String,
     /// Windows of the window gauges and ratios (humantime list); the soak window is always added.
     #[arg(long, env = "EXPORTER_WINDOWS", default_value = "1h,6h,48h")]
@@ -132,20 +165,17 @@ pub struct CommonArgs {
     /// Soak window of the gate.
     #[arg(long, env = "SOAK_WINDOW", default_value = "48h")]
     pub soak: String,
-    /// Reasons per event type that keep their own label; the rest become reason="other".
-    #[arg(long, env = "EXPORTER_REASON_CAP", default_value = "50")]
-    pub reason_cap: String,
-    /// Event types that keep their own label; the rest become event_type="other".
-    #[arg(long, env = "EXPORTER_EVENT_TYPE_CAP", default_value = "50")]
-    pub event_type_cap: String,
+    #[command(flatten)]
+    pub labels: LabelArgs,
     /// A started booking without an outcome after this is stuck.
     #[arg(long, env = "STUCK_AFTER", default_value = "15m")]
     pub stuck_after: String,
     /// Memory bound of the booking state machine.
     #[arg(long, env = "MAX_TRACKED_BOOKINGS", default_value = "100000")]
     pub max_tracked_bookings: String,
-    /// TLS and basic-auth configuration in the Prometheus exporter-toolkit format.
-    #[arg(long, env = "WEB_CONFIG_FILE")]
+    /// TLS and basic-auth configuration in the Prometheus exporter-toolkit format
+    /// (`--web.config.file` works too).
+    #[arg(long, env = "WEB_CONFIG_FILE", alias = "web.config.file")]
     pub web_config_file: Option<PathBuf>,
     /// Paths served without basic auth when --web-config-file sets users (comma-separated).
     #[arg(long, env = "WEB_OPEN_PATHS", default_value = "/healthz,/readyz")]
@@ -199,6 +229,8 @@ pub struct VerdictArgs {
     #[arg(long, value_enum, default_value = "markdown")]
     pub format: VerdictFormat,
     #[command(flatten)]
+    pub labels: LabelArgs,
+    #[command(flatten)]
     pub rollout: RolloutArgs,
 }
 
@@ -225,93 +257,6 @@ pub struct ConfigError {
 fn bad(flag: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError { flag, message: message.into() }
 }
-
-/// A database URL whose password cannot be printed by accident: `Debug` and `Display` redact it.
-#[derive(Clone)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    /// The URL with its secret, for the connector only.
-    pub fn expose_secret(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL with the password (and any `password=` parameter) replaced by `***`.
-    pub fn redacted(&self) -> String {
-        redact_url(&self.0)
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DatabaseUrl({})", self.redacted())
-    }
-}
-
-impl fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-/// Redacts `user:password@` and `password=...` from a connection string, whatever its shape.
-pub fn redact_url(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let (head, query) = match raw.split_once('?') {
-        Some((h, q)) => (h, Some(q)),
-        None => (raw, None),
-    };
-    match (head.find("://"), head.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &head[scheme_end + 3..at];
-            out.push_str(&head[..scheme_end + 3]);
-            match userinfo.split_once(':') {
-                Some((user, _)) => {
-                    out.push_str(user);
-                    out.push_str(":***");
-                }
-                None => out.push_str(userinfo),
-            }
-            out.push_str(&head[at..]);
-        }
-        _ => out.push_str(head),
-    }
-    if let Some(query) = query {
-        out.push('?');
-        let parts: Vec<String> = query
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => kv.to_string(),
-            })
-            .collect();
-        out.push_str(&parts.join("&"));
-    }
-    out
-}
-
-/// Connection parameters sqlx understands. Anything else is refused up front: sqlx would log an
-/// unknown parameter together with its value, which may be a secret.
-const KNOWN_URL_PARAMS: &[&str] = &[
-    "sslmode",
-    "ssl-mode",
-    "sslrootcert",
-    "ssl-root-cert",
-    "ssl-ca",
-    "sslcert",
-    "ssl-cert",
-    "sslkey",
-    "ssl-key",
-    "statement-cache-capacity",
-    "host",
-    "hostaddr",
-    "port",
-    "dbname",
-    "user",
-    "password",
-    "application_name",
-    "options",
-];
 
 /// Names of the events table and its columns, validated as SQL identifiers and quoted once.
 #[derive(Debug, Clone)]
@@ -361,15 +306,19 @@ pub struct RolloutConfig {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
-    pub web: Option<crate::web::WebConfig>,
+    pub web: Option<WebConfig>,
     pub open_paths: Vec<String>,
 }
 
-/// What the tally needs, for `serve` and `demo` alike.
+/// What the tally needs, for `serve`, `demo` and `verdict` alike.
 #[derive(Debug, Clone)]
 pub struct TallyConfig {
     /// Sorted by length, soak window included, no duplicates.
     pub windows: Vec<Window>,
+    /// The soak window: its error blocks are kept for "sustained errors".
+    pub soak: Window,
+    /// `--active-within`: the recent-rows count of the shadow-leak gauge.
+    pub active_within: Duration,
     pub reason_cap: usize,
     pub event_type_cap: usize,
     pub stuck_after: Duration,
@@ -400,6 +349,8 @@ pub struct DemoConfig {
 #[derive(Debug, Clone)]
 pub struct VerdictConfig {
     pub db: DatabaseConfig,
+    /// The soak window only, with the label caps.
+    pub tally: TallyConfig,
     pub format: VerdictFormat,
     pub rollout: RolloutConfig,
 }
@@ -469,35 +420,6 @@ pub fn parse_rfc3339_us(flag: &'static str, raw: &str) -> Result<i64, ConfigErro
     let since = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| err())?;
     let us = i64::try_from(since.as_micros()).map_err(|_| err())?;
     Ok(us - offset_secs * 1_000_000)
-}
-
-fn database_url(args: &DatabaseArgs) -> Result<DatabaseUrl, ConfigError> {
-    let raw = match (&args.database_url, &args.database_url_file) {
-        (Some(url), Some(_)) if !url.trim().is_empty() => {
-            return Err(bad("--database-url", "set either --database-url or --database-url-file, not both"))
-        }
-        (Some(url), _) if !url.trim().is_empty() => url.trim().to_string(),
-        (_, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| bad("--database-url-file", format!("cannot read {}: {e}", path.display())))?
-            .trim()
-            .to_string(),
-        _ => return Err(bad("--database-url", "required (or --database-url-file / DATABASE_URL / DATABASE_URL_FILE)")),
-    };
-    let url = DatabaseUrl(raw);
-    let s = url.expose_secret();
-    if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
-        return Err(bad("--database-url", format!("{} must start with postgres:// or postgresql://", url.redacted())));
-    }
-    if let Some((_, query)) = s.split_once('?') {
-        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
-            let key = kv.split_once('=').map_or(kv, |(k, _)| k);
-            let known = KNOWN_URL_PARAMS.contains(&key) || key.starts_with("options[");
-            if !known {
-                return Err(bad("--database-url", format!("unknown connection parameter {key:?}")));
-            }
-        }
-    }
-    Ok(url)
 }
 
 /// Rejects identifiers that are not plain SQL names; returns them double-quoted.
@@ -580,6 +502,21 @@ impl RolloutArgs {
     }
 }
 
+impl LabelArgs {
+    /// (reason cap, event type cap).
+    fn validate(&self) -> Result<(usize, usize), ConfigError> {
+        let reason_cap: usize = parse_num("--reason-cap", &self.reason_cap, "a whole number")?;
+        if !(1..=1000).contains(&reason_cap) {
+            return Err(bad("--reason-cap", "must be between 1 and 1000"));
+        }
+        let event_type_cap: usize = parse_num("--event-type-cap", &self.event_type_cap, "a whole number")?;
+        if !(7..=1000).contains(&event_type_cap) {
+            return Err(bad("--event-type-cap", "must be between 7 (the coordinator's own types) and 1000"));
+        }
+        Ok((reason_cap, event_type_cap))
+    }
+}
+
 impl CommonArgs {
     fn validate(&self) -> Result<(HttpConfig, TallyConfig, RolloutConfig), ConfigError> {
         let listen: SocketAddr = self
@@ -603,30 +540,25 @@ impl CommonArgs {
             windows.push(soak.clone());
         }
         windows.sort_by_key(|w| w.seconds);
-        let reason_cap: usize = parse_num("--reason-cap", &self.reason_cap, "a whole number")?;
-        if !(1..=1000).contains(&reason_cap) {
-            return Err(bad("--reason-cap", "must be between 1 and 1000"));
-        }
-        let event_type_cap: usize = parse_num("--event-type-cap", &self.event_type_cap, "a whole number")?;
-        if !(7..=1000).contains(&event_type_cap) {
-            return Err(bad("--event-type-cap", "must be between 7 (the coordinator's own types) and 1000"));
-        }
+        let (reason_cap, event_type_cap) = self.labels.validate()?;
         let max_tracked_bookings: usize =
             parse_num("--max-tracked-bookings", &self.max_tracked_bookings, "a whole number")?;
         if max_tracked_bookings == 0 {
             return Err(bad("--max-tracked-bookings", "must be greater than zero"));
         }
+        let rollout = self.rollout.validate(soak.clone())?;
         let tally = TallyConfig {
             windows,
+            soak,
+            active_within: rollout.active_within,
             reason_cap,
             event_type_cap,
             stuck_after: positive_duration("--stuck-after", &self.stuck_after)?,
             max_tracked_bookings,
         };
-        let rollout = self.rollout.validate(soak)?;
         let web = match &self.web_config_file {
             None => None,
-            Some(path) => Some(crate::web::WebConfig::load(path).map_err(|e| bad("--web-config-file", e.to_string()))?),
+            Some(path) => Some(WebConfig::load(path).map_err(|e| bad("--web-config-file", e.to_string()))?),
         };
         let open_paths = self
             .web_open_paths
@@ -679,11 +611,18 @@ impl Command {
             }
             Command::Verdict(a) => {
                 let soak = window("--window", &a.window)?;
-                Ok(Validated::Verdict(VerdictConfig {
-                    db: a.db.validate()?,
-                    format: a.format,
-                    rollout: a.rollout.validate(soak)?,
-                }))
+                let rollout = a.rollout.validate(soak.clone())?;
+                let (reason_cap, event_type_cap) = a.labels.validate()?;
+                let tally = TallyConfig {
+                    windows: vec![soak.clone()],
+                    soak,
+                    active_within: rollout.active_within,
+                    reason_cap,
+                    event_type_cap,
+                    stuck_after: Duration::from_secs(900),
+                    max_tracked_bookings: 1,
+                };
+                Ok(Validated::Verdict(VerdictConfig { db: a.db.validate()?, tally, format: a.format, rollout }))
             }
         }
     }
@@ -692,15 +631,6 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redaction_hides_userinfo_and_password_parameters() {
-        let url = "postgres://app:s3cr3t@db:6543/x?sslmode=require&password=hunter2";
-        let r = redact_url(url);
-        assert!(!r.contains("s3cr3t") && !r.contains("hunter2"), "{r}");
-        assert_eq!(r, "postgres://app:***@db:6543/x?sslmode=require&password=***");
-        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
-    }
 
     #[test]
     fn rfc3339_with_offsets_is_exact() {

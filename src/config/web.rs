@@ -14,22 +14,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use axum::extract::Request;
-use axum::http::{header, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::header;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid --web-config-file {path}: {message}")]
@@ -100,7 +91,7 @@ impl WebConfig {
         let raw: RawWebConfig = if text.trim().is_empty() {
             RawWebConfig::default()
         } else {
-            serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?
+            serde_yaml_ng::from_str(&text).map_err(|e| err(e.to_string()))?
         };
         let base = path.parent().unwrap_or(Path::new("."));
         let tls = match raw.tls_server_config {
@@ -215,9 +206,9 @@ impl BasicAuth {
         ok
     }
 
-    /// Parses `Authorization: Basic base64(user:password)`.
-    fn allows(&self, req: &Request) -> bool {
-        let Some(value) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    /// Checks an `Authorization: Basic base64(user:password)` header value (None: no header).
+    pub fn allows(&self, authorization: Option<&str>) -> bool {
+        let Some(value) = authorization else {
             return false;
         };
         let Some(encoded) = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic ")) else {
@@ -256,93 +247,6 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-/// What the auth middleware needs.
-#[derive(Clone)]
-pub struct AuthLayer {
-    pub auth: Arc<BasicAuth>,
-    /// Paths served without credentials (e.g. the probes).
-    pub open_paths: Arc<Vec<String>>,
-}
-
-pub async fn require_auth(
-    axum::extract::State(layer): axum::extract::State<AuthLayer>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if layer.open_paths.iter().any(|p| p == req.uri().path()) {
-        return next.run(req).await;
-    }
-    let auth = layer.auth.clone();
-    // bcrypt takes tens of milliseconds: keep it off the async workers.
-    let (ok, req) = tokio::task::spawn_blocking(move || (auth.allows(&req), req)).await.expect("auth task");
-    if ok {
-        next.run(req).await
-    } else {
-        (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"rollout-exporter\"")], "Unauthorized\n")
-            .into_response()
-    }
-}
-
-/// A listener that hands axum only connections whose TLS handshake finished; handshakes run in
-/// their own tasks (with a deadline) so a slow client cannot stall the others.
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    addr: SocketAddr,
-}
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl TlsListener {
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
-        let addr = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if tx.is_closed() {
-                    return;
-                }
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { rx, addr })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
-    }
 }
 
 #[cfg(test)]

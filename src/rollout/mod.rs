@@ -1,37 +1,31 @@
 //! The rollout: flags -> phase, and evidence -> criteria -> decision.
 //!
-//! One function, [`decide`], turns [`Evidence`] into a [`Verdict`]. `serve` builds the evidence from
-//! the in-memory tally, `verdict` from SQL; both therefore judge by the same rules.
+//! [`Evidence::from_view`] is the one evidence constructor: it reads a [`TallyView`], which the
+//! ingest loop builds from polls and the `verdict` command builds from the same start-up
+//! aggregates, and [`decide`] turns evidence into a [`Verdict`]. [`view`] adds the live gauges
+//! (active, circuit open, sustained errors, shadow leak). Everything here is a pure function.
 
 pub mod flags;
+pub mod phase;
 
 use serde::Serialize;
 
+pub use crate::config::Thresholds;
+use crate::config::{RolloutConfig, Window};
+use crate::events::{self, CIRCUIT_OPEN, KNOWN_EVENT_TYPES};
+use crate::tally::TallyView;
+use crate::time::{error_block, UnixMicros};
 pub use flags::{Flags, Phase, PhaseState};
+pub use phase::{PhaseTracker, PhaseView};
 
-/// Gate thresholds (defaults: the runbook's 97% / 1% and 100 starts).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Thresholds {
-    /// `success_ratio` passes at or above.
-    pub min_success_ratio: f64,
-    /// `manual_review_ratio` passes strictly below.
-    pub max_manual_review_ratio: f64,
-    /// Fewer starts in the window is `pending`.
-    pub min_starts: u64,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Thresholds { min_success_ratio: 0.97, max_manual_review_ratio: 0.01, min_starts: 100 }
-    }
-}
-
-/// Errors are sustained when this many consecutive 5-minute blocks each hold a coordinator.error.
+/// Errors are sustained when this many consecutive 5-minute blocks each hold a coordinator.error
+/// (the runbook's "no sustained errors").
 pub const SUSTAINED_ERROR_BLOCKS: u64 = 3;
 
 /// One row of the runbook's health-check table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunbookRow {
+    /// The event type's label (`(null)` for NULL, `other` past the cap).
     pub event_type: String,
     pub total: u64,
     /// Share of the rows without a reason, in percent, rounded half away from zero to 2 places as
@@ -60,18 +54,149 @@ pub fn percent_2dp(part: u64, total: u64) -> f64 {
 /// What the data says about one soak window.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Evidence {
+    /// The instant the window ends at (database time).
+    pub now: UnixMicros,
     pub starts: u64,
     pub confirmed: u64,
     pub manual_review: u64,
     /// 5-minute blocks (Unix minute / 5) holding at least one coordinator.error, ascending.
     pub error_blocks: Vec<i64>,
     pub circuit_opens: u64,
+    /// Every event type label with rows in the window, sorted by label.
     pub runbook: Vec<RunbookRow>,
 }
 
+impl Evidence {
+    /// The one evidence constructor: the soak window of a tally view. An absent window is no data.
+    pub fn from_view(view: &TallyView, soak: &Window) -> Evidence {
+        let Some(w) = view.window(soak.seconds) else {
+            return Evidence { now: view.now, ..Evidence::default() };
+        };
+        let mut runbook: Vec<RunbookRow> = w
+            .counts
+            .iter()
+            .filter(|c| c.rows > 0)
+            .map(|c| RunbookRow::new(c.event_type.clone(), c.rows, c.without_reason))
+            .collect();
+        runbook.sort_by(|a, b| a.event_type.cmp(&b.event_type));
+        Evidence {
+            now: view.now,
+            starts: w.rows(events::START),
+            confirmed: w.rows(events::CONFIRMED),
+            manual_review: w.rows(events::MANUAL_REVIEW),
+            error_blocks: view.error_blocks.clone(),
+            circuit_opens: w.rows(CIRCUIT_OPEN),
+            runbook,
+        }
+    }
+}
+
+/// The gate's criteria, in the order the verdict lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CriterionKind {
+    /// coordinator.confirmed / coordinator.start `>=` `--min-success-ratio`.
+    SuccessRatio,
+    /// coordinator.manual_review / coordinator.start `<` `--max-manual-review-ratio`.
+    ManualReviewRatio,
+    /// Longest run of 5-minute blocks with a coordinator.error `<` 3.
+    NoSustainedErrors,
+    /// coordinator.circuit_open rows `==` 0.
+    NoCircuitTrips,
+    /// The flags select phase `full` (1) `==` 1.
+    PhaseFull,
+    /// Seconds since the phase began `>=` the soak window.
+    SoakElapsed,
+    /// coordinator.start rows `>=` `--min-starts`.
+    MinStarts,
+}
+
+/// How a criterion's observed value is compared with its threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    AtLeast,
+    Below,
+    Equal,
+}
+
+impl Comparison {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Comparison::AtLeast => ">=",
+            Comparison::Below => "<",
+            Comparison::Equal => "==",
+        }
+    }
+
+    fn holds(self, observed: f64, threshold: f64) -> bool {
+        match self {
+            Comparison::AtLeast => observed >= threshold,
+            Comparison::Below => observed < threshold,
+            Comparison::Equal => observed == threshold,
+        }
+    }
+}
+
+impl CriterionKind {
+    pub const ALL: [CriterionKind; 7] = [
+        CriterionKind::SuccessRatio,
+        CriterionKind::ManualReviewRatio,
+        CriterionKind::NoSustainedErrors,
+        CriterionKind::NoCircuitTrips,
+        CriterionKind::PhaseFull,
+        CriterionKind::SoakElapsed,
+        CriterionKind::MinStarts,
+    ];
+
+    /// The `criterion` label value and JSON name.
+    pub fn label(self) -> &'static str {
+        match self {
+            CriterionKind::SuccessRatio => "success_ratio",
+            CriterionKind::ManualReviewRatio => "manual_review_ratio",
+            CriterionKind::NoSustainedErrors => "no_sustained_errors",
+            CriterionKind::NoCircuitTrips => "no_circuit_trips",
+            CriterionKind::PhaseFull => "phase_full",
+            CriterionKind::SoakElapsed => "soak_elapsed",
+            CriterionKind::MinStarts => "min_starts",
+        }
+    }
+
+    pub fn comparison(self) -> Comparison {
+        match self {
+            CriterionKind::SuccessRatio | CriterionKind::SoakElapsed | CriterionKind::MinStarts => Comparison::AtLeast,
+            CriterionKind::ManualReviewRatio | CriterionKind::NoSustainedErrors => Comparison::Below,
+            CriterionKind::NoCircuitTrips | CriterionKind::PhaseFull => Comparison::Equal,
+        }
+    }
+
+    /// The threshold the observed value is compared with.
+    pub fn threshold(self, t: &Thresholds, window_seconds: u64) -> f64 {
+        match self {
+            CriterionKind::SuccessRatio => t.min_success_ratio,
+            CriterionKind::ManualReviewRatio => t.max_manual_review_ratio,
+            CriterionKind::NoSustainedErrors => SUSTAINED_ERROR_BLOCKS as f64,
+            CriterionKind::NoCircuitTrips => 0.0,
+            CriterionKind::PhaseFull => 1.0,
+            CriterionKind::SoakElapsed => window_seconds as f64,
+            CriterionKind::MinStarts => t.min_starts as f64,
+        }
+    }
+
+    /// Failing only for want of time or data: the decision is `pending`, not `no_go`.
+    pub fn only_delays(self) -> bool {
+        matches!(self, CriterionKind::SoakElapsed | CriterionKind::MinStarts)
+    }
+
+    /// Undefined (no denominator) counts as passing: then `min_starts` fails and the decision waits.
+    fn passes_when_undefined(self) -> bool {
+        matches!(self, CriterionKind::SuccessRatio | CriterionKind::ManualReviewRatio)
+    }
+}
+
+/// One judged criterion.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Criterion {
-    pub name: &'static str,
+    pub name: CriterionKind,
     /// The exact value (a ratio is not rounded); null when it has no denominator yet.
     pub observed: Option<f64>,
     pub threshold: f64,
@@ -82,6 +207,25 @@ pub struct Criterion {
     pub numerator: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub denominator: Option<u64>,
+}
+
+impl Criterion {
+    fn judge(kind: CriterionKind, observed: Option<f64>, fraction: Option<(u64, u64)>, cx: &Context<'_>) -> Self {
+        let threshold = kind.threshold(&cx.thresholds, cx.window.seconds);
+        let pass = match observed {
+            Some(v) => kind.comparison().holds(v, threshold),
+            None => kind.passes_when_undefined(),
+        };
+        Criterion {
+            name: kind,
+            observed,
+            threshold,
+            comparison: kind.comparison().symbol(),
+            pass,
+            numerator: fraction.map(|f| f.0),
+            denominator: fraction.map(|f| f.1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -104,7 +248,7 @@ impl Decision {
     }
 
     /// `verdict` exit code: 0 go, 1 no_go, 3 pending.
-    pub fn exit_code(self) -> i32 {
+    pub fn exit_code(self) -> u8 {
         match self {
             Decision::Go => 0,
             Decision::NoGo => 1,
@@ -156,20 +300,14 @@ pub fn error_budget_remaining(starts: u64, confirmed: u64, min: f64) -> i64 {
     k.clamp(i64::MIN as f64, i64::MAX as f64) as i64
 }
 
-pub fn rfc3339(unix_seconds: f64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(unix_seconds.max(0.0));
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 /// Everything [`decide`] needs besides the evidence.
 #[derive(Debug, Clone)]
 pub struct Context<'a> {
     pub environment: &'a str,
     pub phase: &'a PhaseState,
+    /// Unix seconds; None when unknown (the `verdict` command without `--phase-started-at`).
     pub phase_started_at: Option<f64>,
-    pub window_label: &'a str,
-    pub window_seconds: u64,
-    pub now: f64,
+    pub window: &'a Window,
     pub thresholds: Thresholds,
 }
 
@@ -181,80 +319,27 @@ fn ratio(num: u64, den: u64) -> Option<f64> {
 /// (`soak_elapsed`) or too little data (`min_starts`); `no_go` otherwise. Ratio criteria pass
 /// vacuously while there is no start at all (then `min_starts` fails, so the decision is `pending`).
 pub fn decide(ev: &Evidence, cx: &Context<'_>) -> Verdict {
-    let t = cx.thresholds;
-    let success = ratio(ev.confirmed, ev.starts);
-    let manual = ratio(ev.manual_review, ev.starts);
-    let run = longest_run(&ev.error_blocks);
-    let elapsed = cx.phase_started_at.map(|s| (cx.now - s).max(0.0));
+    use CriterionKind as K;
+    let now = ev.now.seconds();
+    let elapsed = cx.phase_started_at.map(|s| (now - s).max(0.0));
+    let full = cx.phase.phase == Phase::Full;
     let criteria = vec![
-        Criterion {
-            name: "success_ratio",
-            observed: success,
-            threshold: t.min_success_ratio,
-            comparison: ">=",
-            pass: success.is_none_or(|r| r >= t.min_success_ratio),
-            numerator: Some(ev.confirmed),
-            denominator: Some(ev.starts),
-        },
-        Criterion {
-            name: "manual_review_ratio",
-            observed: manual,
-            threshold: t.max_manual_review_ratio,
-            comparison: "<",
-            pass: manual.is_none_or(|r| r < t.max_manual_review_ratio),
-            numerator: Some(ev.manual_review),
-            denominator: Some(ev.starts),
-        },
-        Criterion {
-            name: "no_sustained_errors",
-            observed: Some(run as f64),
-            threshold: SUSTAINED_ERROR_BLOCKS as f64,
-            comparison: "<",
-            pass: run < SUSTAINED_ERROR_BLOCKS,
-            numerator: None,
-            denominator: None,
-        },
-        Criterion {
-            name: "no_circuit_trips",
-            observed: Some(ev.circuit_opens as f64),
-            threshold: 0.0,
-            comparison: "==",
-            pass: ev.circuit_opens == 0,
-            numerator: None,
-            denominator: None,
-        },
-        Criterion {
-            name: "phase_full",
-            observed: Some(if cx.phase.phase == Phase::Full { 1.0 } else { 0.0 }),
-            threshold: 1.0,
-            comparison: "==",
-            pass: cx.phase.phase == Phase::Full,
-            numerator: None,
-            denominator: None,
-        },
-        Criterion {
-            name: "soak_elapsed",
-            observed: elapsed,
-            threshold: cx.window_seconds as f64,
-            comparison: ">=",
-            pass: elapsed.is_some_and(|e| e >= cx.window_seconds as f64),
-            numerator: None,
-            denominator: None,
-        },
-        Criterion {
-            name: "min_starts",
-            observed: Some(ev.starts as f64),
-            threshold: t.min_starts as f64,
-            comparison: ">=",
-            pass: ev.starts >= t.min_starts,
-            numerator: None,
-            denominator: None,
-        },
+        Criterion::judge(K::SuccessRatio, ratio(ev.confirmed, ev.starts), Some((ev.confirmed, ev.starts)), cx),
+        Criterion::judge(
+            K::ManualReviewRatio,
+            ratio(ev.manual_review, ev.starts),
+            Some((ev.manual_review, ev.starts)),
+            cx,
+        ),
+        Criterion::judge(K::NoSustainedErrors, Some(longest_run(&ev.error_blocks) as f64), None, cx),
+        Criterion::judge(K::NoCircuitTrips, Some(ev.circuit_opens as f64), None, cx),
+        Criterion::judge(K::PhaseFull, Some(if full { 1.0 } else { 0.0 }), None, cx),
+        Criterion::judge(K::SoakElapsed, elapsed, None, cx),
+        Criterion::judge(K::MinStarts, Some(ev.starts as f64), None, cx),
     ];
-    let failing: Vec<&str> = criteria.iter().filter(|c| !c.pass).map(|c| c.name).collect();
-    let decision = if failing.is_empty() {
+    let decision = if criteria.iter().all(|c| c.pass) {
         Decision::Go
-    } else if failing.iter().all(|n| *n == "soak_elapsed" || *n == "min_starts") {
+    } else if criteria.iter().filter(|c| !c.pass).all(|c| c.name.only_delays()) {
         Decision::Pending
     } else {
         Decision::NoGo
@@ -264,22 +349,70 @@ pub fn decide(ev: &Evidence, cx: &Context<'_>) -> Verdict {
         environment: cx.environment.to_string(),
         phase: cx.phase.phase,
         flags: cx.phase.flags.clone(),
-        window: cx.window_label.to_string(),
-        window_seconds: cx.window_seconds,
-        evaluated_at: rfc3339(cx.now),
-        phase_started_at: cx.phase_started_at.map(rfc3339),
-        verdict_due_at: cx.phase_started_at.map(|s| rfc3339(s + cx.window_seconds as f64)),
+        window: cx.window.label.clone(),
+        window_seconds: cx.window.seconds,
+        evaluated_at: ev.now.rfc3339(),
+        phase_started_at: cx.phase_started_at.map(crate::time::rfc3339),
+        verdict_due_at: cx.phase_started_at.map(|s| crate::time::rfc3339(s + cx.window.seconds as f64)),
         criteria,
-        error_budget_remaining_bookings: error_budget_remaining(ev.starts, ev.confirmed, t.min_success_ratio),
+        error_budget_remaining_bookings: error_budget_remaining(
+            ev.starts,
+            ev.confirmed,
+            cx.thresholds.min_success_ratio,
+        ),
         runbook: ev.runbook.clone(),
     }
 }
 
+/// The rollout as the live outputs show it: the verdict and the gauges derived with it.
+#[derive(Debug, Clone)]
+pub struct RolloutView {
+    pub phase: PhaseView,
+    pub verdict: Verdict,
+    pub active: bool,
+    pub circuit_open: bool,
+    pub errors_sustained: bool,
+    pub shadow_leak_events: u64,
+}
+
+/// The live rollout view of a tally view and the phase: a pure function.
+pub fn view(tally: &TallyView, phase: &PhaseView, cfg: &RolloutConfig) -> RolloutView {
+    let now = tally.now;
+    let evidence = Evidence::from_view(tally, &cfg.soak);
+    let verdict = decide(
+        &evidence,
+        &Context {
+            environment: &cfg.environment,
+            phase: &phase.state,
+            phase_started_at: Some(phase.started_at),
+            window: &cfg.soak,
+            thresholds: cfg.thresholds,
+        },
+    );
+    let active_since = now.minus(cfg.active_within);
+    let active = tally.last_event.iter().any(|(et, t)| KNOWN_EVENT_TYPES.contains(&et.as_str()) && *t >= active_since);
+    let circuit_since = now.minus(cfg.circuit_hold);
+    let circuit_open = tally.last_event.iter().any(|(et, t)| et == CIRCUIT_OPEN && *t >= circuit_since);
+    let block = error_block(now.minute());
+    let errors_sustained =
+        (1..=SUSTAINED_ERROR_BLOCKS as i64).all(|k| tally.error_blocks.binary_search(&(block - k)).is_ok());
+    let leak_phase = matches!(phase.state.phase, Phase::Shadow | Phase::Legacy);
+    RolloutView {
+        phase: phase.clone(),
+        verdict,
+        active,
+        circuit_open,
+        errors_sustained,
+        shadow_leak_events: if leak_phase { tally.recent_events } else { 0 },
+    }
+}
+
+/// Criterion values for the markdown table.
 fn fmt_observed(c: &Criterion) -> String {
     match (c.observed, c.numerator, c.denominator) {
         (Some(v), Some(n), Some(d)) => format!("{v:.6} ({n}/{d})"),
         (None, Some(n), Some(d)) => format!("n/a ({n}/{d})"),
-        (Some(v), _, _) if c.name == "soak_elapsed" => {
+        (Some(v), _, _) if c.name == CriterionKind::SoakElapsed => {
             humantime::format_duration(std::time::Duration::from_secs(v as u64)).to_string()
         }
         (Some(v), _, _) => format!("{v}"),
@@ -288,12 +421,9 @@ fn fmt_observed(c: &Criterion) -> String {
 }
 
 fn fmt_threshold(c: &Criterion) -> String {
-    if c.name == "soak_elapsed" {
-        return format!(
-            "{} {}",
-            c.comparison,
-            humantime::format_duration(std::time::Duration::from_secs(c.threshold as u64))
-        );
+    if c.name == CriterionKind::SoakElapsed {
+        let d = humantime::format_duration(std::time::Duration::from_secs(c.threshold as u64));
+        return format!("{} {d}", c.comparison);
     }
     format!("{} {}", c.comparison, c.threshold)
 }
@@ -317,14 +447,8 @@ impl Verdict {
         let _ = writeln!(s, "| error budget left | {} bookings |", self.error_budget_remaining_bookings);
         let _ = writeln!(s, "\n### Criteria\n\n| criterion | observed | threshold | result |\n|---|---|---|---|");
         for c in &self.criteria {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} |",
-                c.name,
-                fmt_observed(c),
-                fmt_threshold(c),
-                if c.pass { "pass" } else { "FAIL" }
-            );
+            let result = if c.pass { "pass" } else { "FAIL" };
+            let _ = writeln!(s, "| {} | {} | {} | {result} |", c.name.label(), fmt_observed(c), fmt_threshold(c));
         }
         let _ = writeln!(
             s,
@@ -338,32 +462,6 @@ impl Verdict {
     }
 }
 
-/// When the active phase began. `--phase-started-at` is the start of the phase that is active when
-/// the exporter starts; without it, the exporter's own start time is used (so a restart restarts
-/// the soak clock: set PHASE_STARTED_AT in the deployment). A phase change seen while running
-/// starts the clock at the moment it was seen.
-#[derive(Debug, Clone)]
-pub struct PhaseTracker {
-    pub current: Phase,
-    pub started_at: f64,
-}
-
-impl PhaseTracker {
-    pub fn new(initial: Phase, configured_start: Option<f64>, now: f64) -> Self {
-        PhaseTracker { current: initial, started_at: configured_start.unwrap_or(now) }
-    }
-
-    /// Records the phase now in force; returns true when it changed.
-    pub fn observe(&mut self, phase: Phase, now: f64) -> bool {
-        if phase == self.current {
-            return false;
-        }
-        self.current = phase;
-        self.started_at = now;
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,17 +471,17 @@ mod tests {
     }
 
     fn judge(starts: u64, confirmed: u64, manual: u64, elapsed: f64) -> Verdict {
-        let ev = Evidence { starts, confirmed, manual_review: manual, ..Default::default() };
+        let now = UnixMicros::from_seconds(1000.0 + elapsed);
+        let ev = Evidence { now, starts, confirmed, manual_review: manual, ..Default::default() };
         let p = phase(Phase::Full);
+        let window = Window { label: "48h".into(), seconds: 172_800 };
         decide(
             &ev,
             &Context {
                 environment: "staging",
                 phase: &p,
                 phase_started_at: Some(1000.0),
-                window_label: "48h",
-                window_seconds: 172_800,
-                now: 1000.0 + elapsed,
+                window: &window,
                 thresholds: Thresholds::default(),
             },
         )
@@ -408,6 +506,16 @@ mod tests {
         assert_eq!(judge(99, 99, 0, 172_800.0).decision, Decision::Pending);
         assert_eq!(judge(0, 0, 0, 172_800.0).decision, Decision::Pending);
         assert_eq!(judge(50, 40, 0, 10.0).decision, Decision::NoGo);
+    }
+
+    #[test]
+    fn criteria_serialise_by_their_label() {
+        let v = judge(100, 100, 0, 172_800.0);
+        let json = serde_json::to_value(&v).unwrap();
+        let names: Vec<&str> =
+            json["criteria"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        let labels: Vec<&str> = CriterionKind::ALL.iter().map(|k| k.label()).collect();
+        assert_eq!(names, labels);
     }
 
     #[test]

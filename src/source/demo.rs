@@ -1,23 +1,20 @@
 //! The demo: simulated coordinator traffic through the same tally, no database needed.
 //!
-//! At start the simulator back-fills the longest window with per-minute aggregates (the same path
-//! as the PostgreSQL start-up load), then emits rows every second: a start per booking, retries and
+//! The demo only generates traffic: its load back-fills the longest window with per-minute
+//! aggregates (the shape the PostgreSQL load returns), then each call emits one second of rows: a start per booking, retries and
 //! lock contention with reasons, and one outcome a tick later. `healthy` passes the gate
 //! (about 99.6% confirmed, 0.4% manual review, an isolated error every two hours); `degraded` fails it (about 90% confirmed, 3% manual
 //! review, sustained errors, circuit-breaker trips).
 
+use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
+use super::{Batch, BatchStats, Source, SourceError};
 use crate::config::{DemoConfig, Scenario};
 use crate::events::{
     ContextKind, Group, Row, CIRCUIT_OPEN, CONFIRMED, ERROR, LOCK_CONTENTION, MANUAL_REVIEW, RETRY, START,
 };
-use crate::state::{unix_now, State};
-use crate::tally::{Tally, US_PER_MINUTE};
-
-use super::sleep_or_shutdown;
+use crate::time::{minute_start, UnixMicros};
 
 /// A small deterministic generator (xorshift64*); the demo needs variety, not cryptography.
 struct Rng(u64);
@@ -80,102 +77,122 @@ const REVIEW_REASONS: [&str; 2] = ["ambiguous_address", "vip_customer"];
 const ERROR_REASONS: [&str; 2] = ["unexpected_exception", "db_deadlock"];
 const LOCK_REASONS: [&str; 1] = ["booking_locked"];
 
-/// Runs the simulator until shutdown, publishing a snapshot every second.
-pub async fn run(cfg: DemoConfig, state: State, mut shutdown: watch::Receiver<bool>) {
-    let m = mix(cfg.scenario);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut tally = Tally::new(cfg.tally.clone());
-    let now_us = (unix_now() * 1e6) as i64;
-    tally.advance(now_us);
-    backfill(&mut tally, &cfg, &m, now_us);
-    state.set_health(|h| {
-        h.database_up = true;
-        h.last_success = now_us as f64 / 1e6;
-    });
-    let rc = state.rollout_config().clone();
-    state.publish_tally(tally.view(rc.soak.seconds, rc.active_within.as_secs()));
-    state.mark_ready();
-    tracing::info!(scenario = ?cfg.scenario, rate = cfg.rate, "demo traffic started");
+/// The simulator as a [`Source`]: the load back-fills the longest window, every `next` is one
+/// second of traffic at the wall clock.
+pub struct DemoSource {
+    cfg: DemoConfig,
+    mix: Mix,
+    rng: Rng,
+    next_id: u64,
+    /// Bookings started in the previous tick, whose outcome comes in the next.
+    pending: Vec<String>,
+}
 
-    let mut next_id: u64 = 0;
-    let mut pending: Vec<String> = Vec::new();
-    loop {
-        if sleep_or_shutdown(Duration::from_secs(1), &mut shutdown).await {
-            return;
+impl DemoSource {
+    pub fn new(cfg: DemoConfig) -> Self {
+        let mix = mix(cfg.scenario);
+        DemoSource { cfg, mix, rng: Rng(0x9E37_79B9_7F4A_7C15), next_id: 0, pending: Vec::new() }
+    }
+
+    fn row(&mut self, et: &str, reason: Option<&str>, booking: Option<&str>, now: UnixMicros) -> Row {
+        self.next_id += 1;
+        Row {
+            id: format!("demo-{}", self.next_id),
+            event_type: Some(et.to_string()),
+            reason: reason.map(str::to_string),
+            reason_json_type: reason.map(|_| "string".to_string()),
+            context: ContextKind::Object,
+            booking_id: booking.map(str::to_string),
+            created_us: now.0,
         }
-        let now_us = (unix_now() * 1e6) as i64;
-        tally.advance(now_us);
-        let mut rows = Vec::new();
-        let mut push = |rows: &mut Vec<Row>, et: &str, reason: Option<&str>, booking: Option<&str>| {
-            next_id += 1;
-            rows.push(Row {
-                id: format!("demo-{next_id}"),
-                event_type: Some(et.to_string()),
-                reason: reason.map(str::to_string),
-                reason_json_type: reason.map(|_| "string".to_string()),
-                context: ContextKind::Object,
-                booking_id: booking.map(str::to_string),
-                created_us: now_us,
-            });
-        };
-        // Outcomes for the bookings started a tick ago.
-        for booking in pending.drain(..) {
-            let u = rng.unit();
-            if u < m.manual_review {
-                let r = rng.pick(&REVIEW_REASONS);
-                push(&mut rows, MANUAL_REVIEW, Some(r), Some(&booking));
-            } else if u < m.manual_review + m.error {
-                let r = rng.pick(&ERROR_REASONS);
-                push(&mut rows, ERROR, Some(r), Some(&booking));
+    }
+
+    /// Outcomes for the bookings started a tick ago.
+    fn outcomes(&mut self, now: UnixMicros, rows: &mut Vec<Row>) {
+        for booking in std::mem::take(&mut self.pending) {
+            let u = self.rng.unit();
+            let row = if u < self.mix.manual_review {
+                let r = self.rng.pick(&REVIEW_REASONS);
+                self.row(MANUAL_REVIEW, Some(r), Some(&booking), now)
+            } else if u < self.mix.manual_review + self.mix.error {
+                let r = self.rng.pick(&ERROR_REASONS);
+                self.row(ERROR, Some(r), Some(&booking), now)
             } else {
-                push(&mut rows, CONFIRMED, None, Some(&booking));
+                self.row(CONFIRMED, None, Some(&booking), now)
+            };
+            rows.push(row);
+        }
+    }
+
+    /// New bookings with their retries and lock contention.
+    fn starts(&mut self, now: UnixMicros, rows: &mut Vec<Row>) {
+        for _ in 0..self.cfg.rate {
+            let booking = format!("bk-{}", self.rng.next() % 1_000_000_000_000);
+            rows.push(self.row(START, None, Some(&booking), now));
+            if self.rng.unit() < self.mix.retry {
+                let r = self.rng.pick(&RETRY_REASONS);
+                rows.push(self.row(RETRY, Some(r), Some(&booking), now));
+            }
+            if self.rng.unit() < self.mix.lock_contention {
+                let r = self.rng.pick(&LOCK_REASONS);
+                rows.push(self.row(LOCK_CONTENTION, Some(r), Some(&booking), now));
+            }
+            self.pending.push(booking);
+        }
+    }
+
+    /// Circuit trips and, when degraded, the coordinator's misbehaviour: an outcome for a booking
+    /// it never started, and a start without a booking id.
+    fn incidents(&mut self, now: UnixMicros, rows: &mut Vec<Row>) {
+        if self.rng.unit() < self.mix.circuit_per_minute / 60.0 * 4.0 {
+            rows.push(self.row(CIRCUIT_OPEN, Some("pricing_service_unavailable"), None, now));
+        }
+        if self.mix.anomalies {
+            if self.rng.unit() < 0.2 {
+                let orphan = format!("orphan-{}", self.rng.next() % 1_000_000);
+                rows.push(self.row(CONFIRMED, None, Some(&orphan), now));
+            }
+            if self.rng.unit() < 0.1 {
+                rows.push(self.row(START, None, None, now));
             }
         }
-        for _ in 0..cfg.rate {
-            let booking = format!("bk-{}", rng.next() % 1_000_000_000_000);
-            push(&mut rows, START, None, Some(&booking));
-            if rng.unit() < m.retry {
-                let r = rng.pick(&RETRY_REASONS);
-                push(&mut rows, RETRY, Some(r), Some(&booking));
-            }
-            if rng.unit() < m.lock_contention {
-                let r = rng.pick(&LOCK_REASONS);
-                push(&mut rows, LOCK_CONTENTION, Some(r), Some(&booking));
-            }
-            pending.push(booking);
-        }
-        if rng.unit() < m.circuit_per_minute / 60.0 * 4.0 {
-            push(&mut rows, CIRCUIT_OPEN, Some("pricing_service_unavailable"), None);
-        }
-        if m.anomalies {
-            // A degraded coordinator also misbehaves: an outcome for a booking it never started,
-            // and a start without a booking id.
-            if rng.unit() < 0.2 {
-                let orphan = format!("orphan-{}", rng.next() % 1_000_000);
-                push(&mut rows, CONFIRMED, None, Some(&orphan));
-            }
-            if rng.unit() < 0.1 {
-                push(&mut rows, START, None, None);
-            }
-        }
-        // A tick is the demo's poll: time it and count its rows like one.
-        let timer = state.metrics().poll_duration.start_timer();
-        state.metrics().polled_rows.inc_by(rows.len() as u64);
-        tally.fold_rows(&mut rows);
-        timer.observe_duration();
-        state.set_health(|h| h.last_success = now_us as f64 / 1e6);
-        state.publish_tally(tally.view(rc.soak.seconds, rc.active_within.as_secs()));
     }
 }
 
-/// Aggregated history for the longest window, folded as the database load folds it.
-fn backfill(tally: &mut Tally, cfg: &DemoConfig, m: &Mix, now_us: i64) {
+impl Source for DemoSource {
+    const NAME: &'static str = "demo simulator";
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn load(&mut self) -> impl Future<Output = Result<Batch, SourceError>> + Send {
+        let now = UnixMicros::now();
+        let groups = backfill(&self.cfg, &self.mix, now);
+        tracing::info!(scenario = ?self.cfg.scenario, rate = self.cfg.rate, "demo traffic started");
+        std::future::ready(Ok(Batch { now, groups, ..Batch::default() }))
+    }
+
+    fn next(&mut self) -> impl Future<Output = Result<Batch, SourceError>> + Send {
+        let now = UnixMicros::now();
+        let mut rows = Vec::new();
+        self.outcomes(now, &mut rows);
+        self.starts(now, &mut rows);
+        self.incidents(now, &mut rows);
+        let stats = BatchStats { read_rows: rows.len() as u64, ..BatchStats::default() };
+        std::future::ready(Ok(Batch { now, groups: Vec::new(), rows, stats }))
+    }
+}
+
+/// Aggregated history for the longest window, as the database load returns it: one group per
+/// (event type, reason, minute).
+fn backfill(cfg: &DemoConfig, m: &Mix, now: UnixMicros) -> Vec<Group> {
     let longest = cfg.tally.windows.iter().map(|w| w.seconds).max().unwrap_or(3600) as i64;
     let minutes = longest / 60;
     let per_minute = u64::from(cfg.rate) * 60;
     let mut rng = Rng(0xD1B5_4A32_D192_ED03);
-    let mut groups: std::collections::BTreeMap<(&str, Option<&str>), u64> = Default::default();
-    let first_minute = now_us.div_euclid(US_PER_MINUTE) - minutes;
+    let mut groups = Vec::new();
+    let first_minute = now.minute() - minutes;
     for k in 0..minutes {
         let minute = first_minute + k;
         let jitter = |rng: &mut Rng, p: f64| ((per_minute as f64) * p * (0.9 + 0.2 * rng.unit())).round() as u64;
@@ -199,35 +216,34 @@ fn backfill(tally: &mut Tally, cfg: &DemoConfig, m: &Mix, now_us: i64) {
             (LOCK_CONTENTION, locks, &LOCK_REASONS[..]),
             (CIRCUIT_OPEN, circuit, &["pricing_service_unavailable"][..]),
         ] {
-            if n == 0 {
-                continue;
-            }
-            let without = if reasons.is_empty() { n } else { 0 };
-            tally.fold_bucket(Some(et), minute, n, without);
-            if reasons.is_empty() {
-                *groups.entry((et, None)).or_default() += n;
-            } else {
-                // Spread over the reasons, exactly.
-                let share = n / reasons.len() as u64;
-                for (i, r) in reasons.iter().enumerate() {
-                    let extra = u64::from((i as u64) < n % reasons.len() as u64);
-                    *groups.entry((et, Some(r))).or_default() += share + extra;
-                }
-            }
+            spread(&mut groups, et, n, reasons, minute, minute_start(minute + 1).plus_us(-1));
         }
     }
-    let last_us = now_us - 1;
-    let mut groups: Vec<Group> = groups
-        .into_iter()
-        .map(|((et, reason), count)| Group {
-            event_type: Some(et.to_string()),
-            reason: reason.map(str::to_string),
-            reason_json_type: reason.map(|_| "string".to_string()),
-            context: ContextKind::Object,
-            count,
-            last_us,
-        })
-        .collect();
-    groups.sort_by_key(|g| std::cmp::Reverse(g.count));
-    tally.fold_groups(&groups);
+    groups
+}
+
+/// Spreads `n` rows of a minute over the reasons, exactly (no reason when `reasons` is empty).
+fn spread(groups: &mut Vec<Group>, et: &str, n: u64, reasons: &[&str], minute: i64, last: UnixMicros) {
+    let group = |reason: Option<&str>, count: u64| Group {
+        event_type: Some(et.to_string()),
+        reason: reason.map(str::to_string),
+        reason_json_type: reason.map(|_| "string".to_string()),
+        context: ContextKind::Object,
+        minute: Some(minute),
+        count,
+        last_us: last.0,
+    };
+    if reasons.is_empty() {
+        if n > 0 {
+            groups.push(group(None, n));
+        }
+        return;
+    }
+    let share = n / reasons.len() as u64;
+    for (i, r) in reasons.iter().enumerate() {
+        let count = share + u64::from((i as u64) < n % reasons.len() as u64);
+        if count > 0 {
+            groups.push(group(Some(r), count));
+        }
+    }
 }

@@ -6,8 +6,9 @@
 //! - the newest `created_at` per event type;
 //! - the booking state machine ([`bookings`]).
 //!
-//! The tally is owned by one task (the poller or the demo simulator); the HTTP side only ever sees
-//! the immutable [`TallyView`] it produces.
+//! The tally is owned by the ingest loop alone; outputs only ever see the immutable [`TallyView`]
+//! it produces. The `verdict` command builds a tally from the same start-up aggregates, so both
+//! judge from the same numbers.
 
 pub mod bookings;
 
@@ -15,10 +16,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::config::{TallyConfig, Window};
 use crate::events::{self, Group, LabelSet, Malformed, Row, KNOWN_EVENT_TYPES};
+use crate::time::{error_block, window_start_minute, UnixMicros};
 
 pub use bookings::{Bookings, BookingsView};
 
-pub const US_PER_MINUTE: i64 = 60_000_000;
 /// Rows dated further ahead than this share one "far future" bucket, so a writer with a broken clock
 /// cannot grow the bucket map; they still count in every window, as `created_at >= start` does in SQL.
 const FUTURE_HORIZON_MINUTES: i64 = 24 * 60;
@@ -32,7 +33,7 @@ pub struct Cell {
     pub without_reason: u64,
 }
 
-/// Counts of one event type over a window.
+/// Counts of one event type (its label) over a window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeCount {
     pub event_type: String,
@@ -40,7 +41,7 @@ pub struct TypeCount {
     pub without_reason: u64,
 }
 
-/// Every event type's counts in one window, evaluated at `now`.
+/// Every event type's counts in one window, evaluated at the view's `now`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowView {
     pub window: Window,
@@ -48,26 +49,59 @@ pub struct WindowView {
 }
 
 impl WindowView {
+    /// Rows of one event type label in the window (0 when absent).
     pub fn rows(&self, event_type: &str) -> u64 {
         self.counts.iter().find(|c| c.event_type == event_type).map_or(0, |c| c.rows)
     }
 }
 
+/// One all-time counter series: rows of (event type label, reason label).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Total {
+    pub event_type: String,
+    pub reason: String,
+    pub rows: u64,
+}
+
+/// The newest `created_at` of an event type label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastEvent<'a> {
+    pub event_type: &'a str,
+    pub at: UnixMicros,
+}
+
+/// Rows of one malformed kind counted so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedCount {
+    pub kind: Malformed,
+    pub rows: u64,
+}
+
 /// An immutable picture of the tally at one instant.
 #[derive(Debug, Clone, Default)]
 pub struct TallyView {
-    /// Unix microseconds the view was evaluated at (database time of the poll).
-    pub now_us: i64,
-    pub totals: Vec<(String, String, u64)>,
+    /// The instant the view was evaluated at (database time of the poll or load).
+    pub now: UnixMicros,
+    pub totals: Vec<Total>,
+    /// One entry per window of the configuration, shortest first.
     pub windows: Vec<WindowView>,
-    pub last_event_us: Vec<(String, i64)>,
-    pub malformed: Vec<(&'static str, u64)>,
+    /// (event type label, newest `created_at`), by label.
+    pub last_event: Vec<(String, UnixMicros)>,
+    /// Every [`Malformed`] kind, in [`Malformed::ALL`] order.
+    pub malformed: Vec<MalformedCount>,
     pub bookings: BookingsView,
-    /// Start of the 5-minute blocks (Unix minutes / 5) holding at least one coordinator.error,
-    /// within the soak window.
+    /// 5-minute blocks (Unix minute / 5) of the soak window holding at least one coordinator.error,
+    /// ascending.
     pub error_blocks: Vec<i64>,
-    /// Rows of every event type created in the last `--active-within` (whole minutes, as the windows).
+    /// Rows of every event type created in the last `--active-within` (whole minutes, as windows).
     pub recent_events: u64,
+}
+
+impl TallyView {
+    /// The view of a window of exactly `seconds`, if the tally keeps one.
+    pub fn window(&self, seconds: u64) -> Option<&WindowView> {
+        self.windows.iter().find(|w| w.window.seconds == seconds)
+    }
 }
 
 #[derive(Debug)]
@@ -75,7 +109,7 @@ pub struct Tally {
     cfg: TallyConfig,
     labels: LabelSet,
     totals: BTreeMap<(String, String), u64>,
-    last_event_us: BTreeMap<String, i64>,
+    last_event: BTreeMap<String, UnixMicros>,
     /// Event-type labels by index, for the bucket vectors.
     types: Vec<String>,
     type_index: HashMap<String, usize>,
@@ -84,18 +118,12 @@ pub struct Tally {
     malformed: BTreeMap<Malformed, u64>,
     malformed_logged: HashSet<Malformed>,
     bookings: Bookings,
-    /// The newest time the tally was advanced to; used to tell future-dated rows.
-    now_us: i64,
+    /// The newest time the tally was advanced to; used to tell future-dated rows (0: not yet).
+    now: UnixMicros,
 }
 
-pub fn minute_of(us: i64) -> i64 {
-    us.div_euclid(US_PER_MINUTE)
-}
-
-/// First minute bucket of window `seconds` evaluated at `now_us` (see docs/metrics.md).
-pub fn window_start_minute(now_us: i64, seconds: u64) -> i64 {
-    (now_us.div_euclid(1_000_000) - seconds as i64).div_euclid(60)
-}
+/// A raw (event type, reason) pair of the start-up load.
+type RawPair<'a> = (Option<&'a str>, Option<&'a str>);
 
 impl Tally {
     pub fn new(cfg: TallyConfig) -> Self {
@@ -104,22 +132,18 @@ impl Tally {
             bookings: Bookings::new(cfg.max_tracked_bookings, cfg.stuck_after),
             cfg,
             totals: BTreeMap::new(),
-            last_event_us: BTreeMap::new(),
+            last_event: BTreeMap::new(),
             types: Vec::new(),
             type_index: HashMap::new(),
             buckets: BTreeMap::new(),
             malformed: BTreeMap::new(),
             malformed_logged: HashSet::new(),
-            now_us: 0,
+            now: UnixMicros(0),
         };
         for et in KNOWN_EVENT_TYPES {
             t.type_idx(et);
         }
         t
-    }
-
-    pub fn config(&self) -> &TallyConfig {
-        &self.cfg
     }
 
     fn type_idx(&mut self, label: &str) -> usize {
@@ -135,9 +159,9 @@ impl Tally {
         self.cfg.windows.iter().map(|w| w.seconds).max().unwrap_or(0)
     }
 
-    /// Oldest minute any window can still need at `now_us`.
-    fn horizon_minute(&self, now_us: i64) -> i64 {
-        window_start_minute(now_us, self.longest_window_seconds())
+    /// Oldest minute any window can still need at `now`.
+    fn horizon_minute(&self, now: UnixMicros) -> i64 {
+        window_start_minute(now, self.longest_window_seconds())
     }
 
     fn note_malformed(&mut self, kind: Malformed, n: u64, example_id: Option<&str>) {
@@ -152,25 +176,21 @@ impl Tally {
         }
     }
 
-    fn add_total(&mut self, raw_type: Option<&str>, raw_reason: Option<&str>, n: u64, last_us: i64) -> String {
+    fn add_total(&mut self, raw_type: Option<&str>, raw_reason: Option<&str>, n: u64, last: UnixMicros) -> String {
         let et = self.labels.event_type(raw_type);
         let reason = self.labels.reason(&et, raw_reason);
         *self.totals.entry((et.clone(), reason)).or_default() += n;
-        let last = self.last_event_us.entry(et.clone()).or_insert(last_us);
-        *last = (*last).max(last_us);
+        let newest = self.last_event.entry(et.clone()).or_insert(last);
+        *newest = (*newest).max(last);
         et
     }
 
     fn add_bucket(&mut self, et_label: &str, minute: i64, rows: u64, without_reason: u64) {
-        let horizon = self.horizon_minute(self.now_us);
-        if self.now_us != 0 && minute < horizon {
+        let started = self.now.0 != 0;
+        if started && minute < self.horizon_minute(self.now) {
             return; // older than every window
         }
-        let minute = if self.now_us != 0 && minute > minute_of(self.now_us) + FUTURE_HORIZON_MINUTES {
-            FAR_FUTURE
-        } else {
-            minute
-        };
+        let minute = if started && minute > self.now.minute() + FUTURE_HORIZON_MINUTES { FAR_FUTURE } else { minute };
         let idx = self.type_idx(et_label);
         let cells = self.buckets.entry(minute).or_default();
         if cells.len() <= idx {
@@ -180,26 +200,55 @@ impl Tally {
         cells[idx].without_reason += without_reason;
     }
 
-    /// Folds the start-up aggregate of all-time counters. Groups must come most frequent first, so
-    /// that the most frequent reasons win the labels.
-    pub fn fold_groups(&mut self, groups: &[Group]) {
+    /// Hands out the labels as a fresh exporter does, the same for `serve` and `verdict` whatever
+    /// part of the load came aggregated and what part row by row: event types by rows (most first,
+    /// then by value), then the reasons of each type the same way, so the most frequent values win
+    /// the capped labels.
+    fn rank_labels(&mut self, groups: &[Group], rows: &[Row]) {
+        let mut per_type: HashMap<Option<&str>, u64> = HashMap::new();
+        let mut per_reason: HashMap<RawPair<'_>, u64> = HashMap::new();
+        let pairs = groups
+            .iter()
+            .map(|g| (g.event_type.as_deref(), g.reason.as_deref(), g.count))
+            .chain(rows.iter().map(|r| (r.event_type.as_deref(), r.reason.as_deref(), 1)));
+        for (et, reason, n) in pairs {
+            *per_type.entry(et).or_default() += n;
+            *per_reason.entry((et, reason)).or_default() += n;
+        }
+        let mut types: Vec<_> = per_type.into_iter().collect();
+        types.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        for (raw, _) in types {
+            self.labels.event_type(raw);
+        }
+        let mut reasons: Vec<_> = per_reason.into_iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        for ((raw_type, raw_reason), _) in reasons {
+            let et = self.labels.event_type(raw_type);
+            self.labels.reason(&et, raw_reason);
+        }
+    }
+
+    /// Folds a start-up load: aggregates of the older rows and the recent rows one by one.
+    pub fn fold_load(&mut self, groups: &[Group], rows: &mut [Row]) {
+        self.rank_labels(groups, rows);
         for g in groups {
-            self.add_total(g.event_type.as_deref(), g.reason.as_deref(), g.count, g.last_us);
-            for kind in events::malformed_kinds(
+            self.add_total(g.event_type.as_deref(), g.reason.as_deref(), g.count, UnixMicros(g.last_us));
+            if let Some(minute) = g.minute {
+                let et = self.labels.event_type(g.event_type.as_deref());
+                let without = if g.reason.is_none() { g.count } else { 0 };
+                self.add_bucket(&et, minute, g.count, without);
+            }
+            let kinds = events::malformed_kinds(
                 g.event_type.as_deref(),
                 g.reason.as_deref(),
                 g.reason_json_type.as_deref(),
                 g.context,
-            ) {
+            );
+            for kind in kinds {
                 self.note_malformed(kind, g.count, None);
             }
         }
-    }
-
-    /// Folds one start-up bucket aggregate (rows of one raw event type in one minute).
-    pub fn fold_bucket(&mut self, raw_type: Option<&str>, minute: i64, rows: u64, without_reason: u64) {
-        let et = self.labels.event_type(raw_type);
-        self.add_bucket(&et, minute, rows, without_reason);
+        self.fold_rows(rows);
     }
 
     /// Folds single rows (a poll's new rows, or the demo's). Rows need not be sorted.
@@ -212,9 +261,10 @@ impl Tally {
     }
 
     fn fold_row(&mut self, row: &Row) {
-        let et = self.add_total(row.event_type.as_deref(), row.reason.as_deref(), 1, row.created_us);
+        let at = UnixMicros(row.created_us);
+        let et = self.add_total(row.event_type.as_deref(), row.reason.as_deref(), 1, at);
         let without = u64::from(row.reason.is_none());
-        self.add_bucket(&et, minute_of(row.created_us), 1, without);
+        self.add_bucket(&et, at.minute(), 1, without);
         for kind in events::malformed_kinds(
             row.event_type.as_deref(),
             row.reason.as_deref(),
@@ -223,22 +273,18 @@ impl Tally {
         ) {
             self.note_malformed(kind, 1, Some(&row.id));
         }
-        if self.now_us != 0 && row.created_us > self.now_us {
+        if self.now.0 != 0 && at > self.now {
             self.note_malformed(Malformed::FutureDated, 1, Some(&row.id));
         }
         self.bookings.observe(row.booking_id.as_deref(), &et, row.created_us);
     }
 
     /// Moves the clock forward: drops buckets no window needs and ages the booking state.
-    pub fn advance(&mut self, now_us: i64) {
-        self.now_us = self.now_us.max(now_us);
-        let horizon = self.horizon_minute(self.now_us);
+    pub fn advance(&mut self, now: UnixMicros) {
+        self.now = self.now.max(now);
+        let horizon = self.horizon_minute(self.now);
         self.buckets = self.buckets.split_off(&horizon);
-        self.bookings.prune(self.now_us);
-    }
-
-    pub fn now_us(&self) -> i64 {
-        self.now_us
+        self.bookings.prune(self.now.0);
     }
 
     /// Sum of the buckets from `start_minute` on, by type index.
@@ -254,7 +300,7 @@ impl Tally {
     }
 
     fn window_view(&self, window: &Window) -> WindowView {
-        let sums = self.sum_from(window_start_minute(self.now_us, window.seconds));
+        let sums = self.sum_from(window_start_minute(self.now, window.seconds));
         let counts = self
             .types
             .iter()
@@ -264,44 +310,42 @@ impl Tally {
         WindowView { window: window.clone(), counts }
     }
 
-    /// Rows of `event_type` created in the last `seconds` (whole minutes, as the windows).
-    pub fn recent_rows(&self, seconds: u64, event_type: Option<&str>) -> u64 {
-        let idx = event_type.and_then(|et| self.type_index.get(et).copied());
-        let sums = self.sum_from(window_start_minute(self.now_us, seconds));
-        match (event_type, idx) {
-            (None, _) => sums.iter().map(|c| c.rows).sum(),
-            (Some(_), Some(i)) => sums[i].rows,
-            (Some(_), None) => 0,
-        }
+    /// Rows of every type created in the last `seconds` (whole minutes, as the windows).
+    fn recent_rows(&self, seconds: u64) -> u64 {
+        self.sum_from(window_start_minute(self.now, seconds)).iter().map(|c| c.rows).sum()
     }
 
-    /// 5-minute blocks (Unix minute / 5) of the window that hold at least one coordinator.error.
-    pub fn error_blocks(&self, seconds: u64) -> Vec<i64> {
+    /// 5-minute blocks (Unix minute / 5) of the last `seconds` that hold at least one coordinator.error.
+    fn error_blocks(&self, seconds: u64) -> Vec<i64> {
         let Some(&idx) = self.type_index.get(events::ERROR) else { return Vec::new() };
         let mut blocks: Vec<i64> = self
             .buckets
-            .range(window_start_minute(self.now_us, seconds)..)
+            .range(window_start_minute(self.now, seconds)..)
             .filter(|(_, cells)| cells.get(idx).is_some_and(|c| c.rows > 0))
-            .map(|(m, _)| m.div_euclid(5))
+            .map(|(m, _)| error_block(*m))
             .collect();
         blocks.dedup();
         blocks
     }
 
-    /// The immutable view the metrics and the gate are rendered from.
-    pub fn view(&self, soak_seconds: u64, active_within_seconds: u64) -> TallyView {
+    /// The immutable view the outputs are rendered from.
+    pub fn view(&self) -> TallyView {
         TallyView {
-            now_us: self.now_us,
-            totals: self.totals.iter().map(|((e, r), n)| (e.clone(), r.clone(), *n)).collect(),
+            now: self.now,
+            totals: self
+                .totals
+                .iter()
+                .map(|((e, r), n)| Total { event_type: e.clone(), reason: r.clone(), rows: *n })
+                .collect(),
             windows: self.cfg.windows.iter().map(|w| self.window_view(w)).collect(),
-            last_event_us: self.last_event_us.iter().map(|(e, t)| (e.clone(), *t)).collect(),
+            last_event: self.last_event.iter().map(|(e, t)| (e.clone(), *t)).collect(),
             malformed: Malformed::ALL
                 .iter()
-                .map(|k| (k.label(), self.malformed.get(k).copied().unwrap_or(0)))
+                .map(|k| MalformedCount { kind: *k, rows: self.malformed.get(k).copied().unwrap_or(0) })
                 .collect(),
-            bookings: self.bookings.view(self.now_us),
-            error_blocks: self.error_blocks(soak_seconds),
-            recent_events: self.recent_rows(active_within_seconds, None),
+            bookings: self.bookings.view(self.now.0),
+            error_blocks: self.error_blocks(self.cfg.soak.seconds),
+            recent_events: self.recent_rows(self.cfg.active_within.as_secs()),
         }
     }
 }
@@ -310,6 +354,7 @@ impl Tally {
 mod tests {
     use super::*;
     use crate::events::{ContextKind, CONFIRMED, START};
+    use crate::time::MINUTE;
     use std::time::Duration;
 
     fn cfg() -> TallyConfig {
@@ -318,6 +363,8 @@ mod tests {
                 Window { label: "1h".into(), seconds: 3600 },
                 Window { label: "48h".into(), seconds: 172_800 },
             ],
+            soak: Window { label: "48h".into(), seconds: 172_800 },
+            active_within: Duration::from_secs(600),
             reason_cap: 50,
             event_type_cap: 50,
             stuck_after: Duration::from_secs(900),
@@ -342,30 +389,30 @@ mod tests {
     #[test]
     fn windows_include_the_whole_edge_minute_and_future_rows() {
         let mut t = Tally::new(cfg());
-        t.advance(NOW);
+        t.advance(UnixMicros(NOW));
         let edge = NOW - 3600 * 1_000_000; // exactly now - 1h
         let mut rows = vec![
-            row("1", START, None, edge - US_PER_MINUTE - 1), // the minute before the edge minute
-            row("2", START, None, minute_of(edge) * US_PER_MINUTE), // first instant of the edge minute
+            row("1", START, None, edge - MINUTE - 1), // the minute before the edge minute
+            row("2", START, None, UnixMicros(edge).minute() * MINUTE), // first instant of the edge minute
             row("3", START, None, NOW + 3_600_000_000 * 48), // far future
         ];
         t.fold_rows(&mut rows);
-        let v = t.view(172_800, 600);
+        let v = t.view();
         assert_eq!(v.windows[0].rows(START), 2);
         assert_eq!(v.windows[1].rows(START), 3);
-        assert_eq!(v.malformed.iter().find(|m| m.0 == "future_dated").unwrap().1, 1);
+        assert_eq!(v.malformed.iter().find(|m| m.kind == Malformed::FutureDated).unwrap().rows, 1);
     }
 
     #[test]
     fn totals_per_reason_sum_to_rows_and_old_buckets_are_dropped() {
         let mut t = Tally::new(cfg());
-        t.advance(NOW);
+        t.advance(UnixMicros(NOW));
         let mut rows: Vec<Row> =
             (0..10).map(|i| row(&i.to_string(), CONFIRMED, Some(["a", "b"][i % 2]), NOW - i as i64)).collect();
         t.fold_rows(&mut rows);
-        t.advance(NOW + 49 * 3600 * 1_000_000);
-        let v = t.view(172_800, 600);
-        let sum: u64 = v.totals.iter().filter(|(e, _, _)| e == CONFIRMED).map(|t| t.2).sum();
+        t.advance(UnixMicros(NOW + 49 * 3600 * 1_000_000));
+        let v = t.view();
+        let sum: u64 = v.totals.iter().filter(|t| t.event_type == CONFIRMED).map(|t| t.rows).sum();
         assert_eq!(sum, 10);
         assert_eq!(v.windows[1].rows(CONFIRMED), 0);
         assert!(t.buckets.is_empty());

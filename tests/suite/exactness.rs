@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::helpers::*;
+use crate::live_outputs;
 
 /// Every odd case of the issue: NULL / non-object contexts, non-string, empty, long, quoted and
 /// Unicode reasons, unknown and NULL event types, other sources.
@@ -265,7 +266,11 @@ async fn the_poll_query_is_an_index_range_scan() {
     .await
     .unwrap();
     let cfg = serve_config(&db.url, &[]);
-    let follower = rollout_exporter::source::Follower::new(cfg).unwrap();
+    let follower = rollout_exporter::source::postgres::PgSource::new(
+        cfg.db.clone(),
+        rollout_exporter::source::postgres::FollowConfig::serve(&cfg),
+    )
+    .unwrap();
     let sql = follower.db().queries().rows_since().to_string();
     let mut conn = db.pool.acquire().await.unwrap();
     sqlx::raw_sql(&format!("PREPARE poll(text, int8) AS {sql}")).execute(&mut *conn).await.unwrap();
@@ -355,10 +360,10 @@ async fn reconciliation_finds_a_transaction_that_outlived_the_overlap() {
 async fn a_scrape_right_after_a_poll_shows_the_new_snapshot() {
     use rollout_exporter::config::{RolloutConfig, TallyConfig, Window};
     use rollout_exporter::events::{ContextKind, Row};
-    use rollout_exporter::metrics::ExporterMetrics;
     use rollout_exporter::rollout::{Flags, Thresholds};
-    use rollout_exporter::state::State;
+    use rollout_exporter::snapshot::Snapshot;
     use rollout_exporter::tally::Tally;
+    use rollout_exporter::time::UnixMicros;
     use tower::ServiceExt;
 
     let soak = Window { label: "48h".into(), seconds: 172_800 };
@@ -371,10 +376,12 @@ async fn a_scrape_right_after_a_poll_shows_the_new_snapshot() {
         active_within: Duration::from_secs(600),
         circuit_hold: Duration::from_secs(300),
     };
-    let state = State::new(rollout, Flags::default().phase(), ExporterMetrics::new());
-    let router = rollout_exporter::http::router(state.clone());
+    let (live, snapshots) = live_outputs(rollout, Flags::default().phase(), Snapshot::default());
+    let router = rollout_exporter::outputs::http::router(live);
     let cfg = TallyConfig {
-        windows: vec![soak],
+        windows: vec![soak.clone()],
+        soak,
+        active_within: Duration::from_secs(600),
         reason_cap: 50,
         event_type_cap: 50,
         stuck_after: Duration::from_secs(900),
@@ -382,7 +389,7 @@ async fn a_scrape_right_after_a_poll_shows_the_new_snapshot() {
     };
     let mut tally = Tally::new(cfg);
     let now = 1_800_000_000_000_000;
-    tally.advance(now);
+    tally.advance(UnixMicros(now));
     let scrape = |router: axum::Router| async move {
         let res = router
             .oneshot(axum::http::Request::get("/metrics").body(axum::body::Body::empty()).unwrap())
@@ -402,7 +409,11 @@ async fn a_scrape_right_after_a_poll_shows_the_new_snapshot() {
             created_us: now,
         }];
         tally.fold_rows(&mut rows);
-        state.publish_tally(tally.view(172_800, 600));
+        snapshots.send_replace(std::sync::Arc::new(Snapshot {
+            generation: u64::from(n),
+            tally: tally.view(),
+            ..Snapshot::default()
+        }));
         let s = scrape(router.clone()).await;
         let labels = [("event_type", "coordinator.start"), ("reason", "")];
         assert_eq!(

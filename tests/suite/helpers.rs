@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use rollout_exporter::app::App;
 use rollout_exporter::config::{Cli, ServeConfig, Validated};
-use rollout_exporter::state::State;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::ConnectOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -235,7 +234,6 @@ pub fn serve_config(db_url: &str, extra: &[&str]) -> ServeConfig {
 /// A running app on a free port.
 pub struct TestApp {
     pub port: u16,
-    pub state: State,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
 }
@@ -247,7 +245,6 @@ pub async fn spawn_app(cfg: ServeConfig) -> TestApp {
 
 pub fn start(app: App) -> TestApp {
     let port = app.port();
-    let state = app.state();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         app.run_until_stopped(async move {
@@ -256,7 +253,7 @@ pub fn start(app: App) -> TestApp {
         .await
         .expect("app ran");
     });
-    TestApp { port, state, stop: Some(tx), handle: Some(handle) }
+    TestApp { port, stop: Some(tx), handle: Some(handle) }
 }
 
 impl TestApp {
@@ -278,15 +275,16 @@ impl TestApp {
         .await;
     }
 
-    /// Number of successful polls so far (from the poll histogram and the error counter).
-    pub fn polls(&self) -> u64 {
-        self.state.metrics().poll_duration.get_sample_count()
+    /// Number of polls so far, successful or not (the poll histogram's count, from a scrape).
+    pub async fn polls(&self) -> u64 {
+        self.scrape().await.value("rollout_exporter_poll_duration_seconds_count", &[]) as u64
     }
 
     /// Waits until `n` more polls have happened.
     pub async fn wait_polls(&self, n: u64) {
-        let target = self.polls() + n;
-        wait_for("more polls", Duration::from_secs(20), || async { (self.polls() >= target).then_some(()) }).await;
+        let target = self.polls().await + n;
+        wait_for("more polls", Duration::from_secs(20), || async { (self.polls().await >= target).then_some(()) })
+            .await;
     }
 
     /// Waits until the scraped events_total equals SQL.

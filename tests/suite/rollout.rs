@@ -329,3 +329,58 @@ async fn errors_in_three_consecutive_five_minute_blocks_are_sustained() {
     app.stop().await;
     db.drop_db().await;
 }
+
+/// The verdict JSON without what depends on the instant it was computed at.
+fn without_instant(v: &serde_json::Value) -> serde_json::Value {
+    let mut v = v.clone();
+    v["evaluated_at"] = serde_json::Value::Null;
+    for cr in v["criteria"].as_array_mut().unwrap() {
+        if cr["name"] == "soak_elapsed" {
+            cr["observed"] = serde_json::Value::Null;
+        }
+    }
+    v
+}
+
+#[tokio::test]
+async fn the_live_gate_and_the_verdict_command_give_the_same_verdict_json_with_null_and_capped_types() {
+    let db = TestDb::new().await;
+    seed(&db, 300, 290, 2).await;
+    db.insert_many(4, "coordinator.error", Some("boom"), 3000).await;
+    // Unknown types past the cap: with --event-type-cap 8 one label is left after the
+    // coordinator's seven; NULL (the most frequent) takes it, the others fold into `other`.
+    for _ in 0..40 {
+        db.insert(None, Some(r#"{"booking_id": "n"}"#)).await;
+    }
+    db.insert_many(30, "legacy.assign", None, 3000).await;
+    db.insert_many(20, "legacy.retry", Some("slow"), 3000).await;
+    let dir = TempDir::new("rex_flags");
+    let flags = flags_file(&dir, "true", "false");
+    let common = ["--phase-started-at", THREE_DAYS_AGO, "--event-type-cap", "8"];
+    let (_, json) = verdict_cli(&db.url, &flags, &[&common[..], &["--format", "json"]].concat());
+    let cli: serde_json::Value = serde_json::from_str(&json).expect("verdict JSON");
+    let serve = [&common[..], &["--flags-file", &flags, "--environment", "staging"]].concat();
+    let app = spawn_app(serve_config(&db.url, &serve)).await;
+    app.ready().await;
+    let (_, body) = app.get("/verdict").await;
+    let live: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(without_instant(&live), without_instant(&cli), "live:\n{live:#}\ncommand:\n{cli:#}");
+    let labels: Vec<&str> =
+        cli["runbook"].as_array().unwrap().iter().map(|r| r["event_type"].as_str().unwrap()).collect();
+    assert_eq!(
+        labels,
+        [
+            "(null)",
+            "coordinator.confirmed",
+            "coordinator.error",
+            "coordinator.manual_review",
+            "coordinator.start",
+            "other"
+        ]
+    );
+    let other = cli["runbook"].as_array().unwrap().iter().find(|r| r["event_type"] == "other").unwrap();
+    assert_eq!(other["total"], 50, "legacy.assign and legacy.retry fold into other");
+    assert_eq!(other["success_rate_percent"], 60.0, "30 of the 50 have no reason");
+    app.stop().await;
+    db.drop_db().await;
+}

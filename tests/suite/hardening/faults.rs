@@ -234,7 +234,7 @@ async fn hardening_a_network_stall_longer_than_the_statement_timeout_ends_the_po
     app.ready().await;
     app.wait_totals_match(&db).await;
     let before = app.scrape().await;
-    let polls_before = app.polls();
+    let polls_before = app.polls().await;
     let scraper = Scraper::start(app.port);
 
     proxy.stall(true);
@@ -250,7 +250,7 @@ async fn hardening_a_network_stall_longer_than_the_statement_timeout_ends_the_po
     .await;
     let stall = stalled_at.elapsed();
     assert!(stall > Duration::from_secs(1), "the stall outlasted the statement timeout");
-    assert!(app.polls() > polls_before, "polls end at their deadline instead of hanging");
+    assert!(app.polls().await > polls_before, "polls end at their deadline instead of hanging");
     proxy.stall(false);
 
     wait_database_up(&app, 1.0, Duration::from_secs(30)).await;
@@ -277,7 +277,7 @@ async fn hardening_a_poll_blocked_by_a_lock_times_out_is_counted_and_catches_up_
     app.ready().await;
     app.wait_totals_match(&db).await;
     let before = app.scrape().await;
-    let polls_before = app.polls();
+    let polls_before = app.polls().await;
     let scraper = Scraper::start(app.port);
 
     let mut locker = lock_table(&db).await;
@@ -312,7 +312,7 @@ async fn hardening_a_poll_blocked_by_a_lock_times_out_is_counted_and_catches_up_
     let count = after.value("rollout_exporter_poll_duration_seconds_count", &[]);
     let within = after.value("rollout_exporter_poll_duration_seconds_bucket", &[("le", "2.5")]);
     assert_eq!(within, count, "a poll outlived 2.5 s with a 500 ms statement timeout (lock held {held:?})");
-    assert!(app.polls() >= polls_before + 3);
+    assert!(app.polls().await >= polls_before + 3);
     assert_eq!(totals[&("coordinator.retry".to_string(), "upstream_timeout".to_string())], 25);
     log.assert_answered_throughout("lock");
     assert!(log.saw_down_then_up(), "{:?}", log.database_up);

@@ -10,12 +10,14 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rollout_exporter::config::{RolloutConfig, TallyConfig, Window};
 use rollout_exporter::events::{ContextKind, Row, KNOWN_EVENT_TYPES};
-use rollout_exporter::metrics::{registry, render, ExporterMetrics};
+use rollout_exporter::outputs::metrics::{registry, render};
 use rollout_exporter::rollout::{Flags, Thresholds};
-use rollout_exporter::state::State;
-use rollout_exporter::tally::{minute_of, window_start_minute, Tally};
+use rollout_exporter::snapshot::Snapshot;
+use rollout_exporter::tally::Tally;
+use rollout_exporter::time::{window_start_minute, UnixMicros};
 
 use crate::helpers::*;
+use crate::live_outputs;
 
 const NOW_US: i64 = 1_800_000_000_000_000;
 const SOAK: u64 = 172_800;
@@ -26,6 +28,8 @@ fn tally_config(reason_cap: usize) -> TallyConfig {
             .iter()
             .map(|(l, s)| Window { label: l.to_string(), seconds: *s })
             .collect(),
+        soak: Window { label: "48h".into(), seconds: SOAK },
+        active_within: Duration::from_secs(600),
         reason_cap,
         event_type_cap: 9,
         stuck_after: Duration::from_secs(900),
@@ -99,20 +103,20 @@ fn hardening_per_reason_counters_sum_to_the_total_and_windows_never_exceed_total
             let mut folded: Vec<Row> = Vec::new();
             for (rows, step) in batches {
                 now += step;
-                t.advance(now);
+                t.advance(UnixMicros(now));
                 let mut batch: Vec<Row> =
                     rows.iter().enumerate().map(|(i, r)| make_row(folded.len() + i, r, now)).collect();
                 folded.extend(batch.iter().cloned());
                 t.fold_rows(&mut batch);
-                let v = t.view(SOAK, 600);
+                let v = t.view();
 
                 // Every row is in exactly one (event_type, reason) counter.
                 let mut by_type: BTreeMap<&str, u64> = BTreeMap::new();
                 let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-                for (et, r, n) in &v.totals {
-                    *by_type.entry(et).or_default() += n;
-                    if r != "other" {
-                        *reasons.entry(et).or_default() += 1;
+                for t in &v.totals {
+                    *by_type.entry(&t.event_type).or_default() += t.rows;
+                    if t.reason != "other" {
+                        *reasons.entry(&t.event_type).or_default() += 1;
                     }
                 }
                 prop_assert_eq!(by_type.values().sum::<u64>(), folded.len() as u64);
@@ -127,7 +131,7 @@ fn hardening_per_reason_counters_sum_to_the_total_and_windows_never_exceed_total
 
                 // Windows: never above the totals, nested, and exact for the coordinator's types.
                 for w in &v.windows {
-                    let start = window_start_minute(now, w.window.seconds);
+                    let start = window_start_minute(UnixMicros(now), w.window.seconds);
                     for c in &w.counts {
                         let total = by_type.get(c.event_type.as_str()).copied().unwrap_or(0);
                         prop_assert!(c.rows <= total, "{} {}: {} > {}", w.window.label, c.event_type, c.rows, total);
@@ -136,7 +140,9 @@ fn hardening_per_reason_counters_sum_to_the_total_and_windows_never_exceed_total
                     for known in KNOWN_EVENT_TYPES {
                         let expected = folded
                             .iter()
-                            .filter(|r| r.event_type.as_deref() == Some(known) && minute_of(r.created_us) >= start)
+                            .filter(|r| {
+                                r.event_type.as_deref() == Some(known) && UnixMicros(r.created_us).minute() >= start
+                            })
                             .count() as u64;
                         prop_assert_eq!(w.rows(known), expected, "{} {}", w.window.label, known);
                     }
@@ -167,15 +173,15 @@ fn rollout_config() -> RolloutConfig {
 /// Renders /metrics for a tally holding `rows`, as the exporter would serve it.
 fn exposition(rows: &[RawRow]) -> (String, Vec<(String, String, u64)>) {
     let mut t = Tally::new(tally_config(3));
-    t.advance(NOW_US);
+    t.advance(UnixMicros(NOW_US));
     let mut rows: Vec<Row> = rows.iter().enumerate().map(|(i, r)| make_row(i, r, NOW_US)).collect();
     t.fold_rows(&mut rows);
-    let view = t.view(SOAK, 600);
-    let totals = view.totals.clone();
+    let view = t.view();
+    let totals = view.totals.iter().map(|t| (t.event_type.clone(), t.reason.clone(), t.rows)).collect();
     let phase = Flags { v3: Some("true".into()), shadow: Some("false".into()), max_parallel: Some("3".into()) }.phase();
-    let state = State::new(rollout_config(), phase, ExporterMetrics::new());
-    state.publish_tally(view);
-    (render(&registry(&state).expect("registry")), totals)
+    let snapshot = Snapshot { ready: true, tally: view, ..Snapshot::default() };
+    let (live, _tx) = live_outputs(rollout_config(), phase, snapshot);
+    (render(&registry(&live).expect("registry")), totals)
 }
 
 /// Prefixes every metric name of an exposition, so many cases fit in one promtool run.

@@ -1,0 +1,67 @@
+//! The outputs: pure functions of a snapshot and the phase.
+//!
+//! - [`metrics`]: the metric table and the `/metrics` collector;
+//! - [`http`]: the router (`/metrics`, `/healthz`, `/readyz`, `/gate`, `/verdict`, `/`) and the
+//!   exporter-toolkit web layer ([`web`]: basic auth, TLS);
+//! - [`landing`]: the page at `/`;
+//! - [`verdict`]: the `verdict` command, which judges a snapshot built from SQL by the same load.
+
+pub mod http;
+pub mod landing;
+pub mod metrics;
+pub mod verdict;
+pub mod web;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::RolloutConfig;
+use crate::rollout::{self, PhaseView, RolloutView};
+use crate::snapshot::{Snapshot, Snapshots};
+
+/// What every live output reads: the latest snapshot and phase. Cheap to clone; holds no lock.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub snapshots: Snapshots,
+    pub phases: watch::Receiver<Arc<PhaseView>>,
+    pub rollout: Arc<RolloutConfig>,
+}
+
+/// One consistent view for one request: the snapshot, the phase and the rollout view of both.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub snapshot: Arc<Snapshot>,
+    pub phase: Arc<PhaseView>,
+    pub rollout: RolloutView,
+    pub rollout_config: Arc<RolloutConfig>,
+}
+
+impl Current {
+    /// The rollout view of a snapshot and a phase: a pure function.
+    pub fn new(snapshot: Arc<Snapshot>, phase: Arc<PhaseView>, cfg: Arc<RolloutConfig>) -> Current {
+        let rollout = rollout::view(&snapshot.tally, &phase, &cfg);
+        Current { snapshot, phase, rollout, rollout_config: cfg }
+    }
+}
+
+impl Live {
+    /// Outputs over one fixed snapshot and phase (benchmarks, tools): nothing will publish again.
+    pub fn fixed(snapshot: Snapshot, phase: PhaseView, rollout: RolloutConfig) -> Live {
+        let (_snapshot_tx, snapshots) = watch::channel(Arc::new(snapshot));
+        let (_phase_tx, phases) = watch::channel(Arc::new(phase));
+        Live { snapshots, phases, rollout: Arc::new(rollout) }
+    }
+
+    /// The latest snapshot and phase, judged.
+    pub fn current(&self) -> Current {
+        let snapshot = self.snapshots.borrow().clone();
+        let phase = self.phases.borrow().clone();
+        Current::new(snapshot, phase, self.rollout.clone())
+    }
+
+    /// The latest snapshot and phase without judging them (for cache keys).
+    pub fn latest(&self) -> (Arc<Snapshot>, Arc<PhaseView>) {
+        (self.snapshots.borrow().clone(), self.phases.borrow().clone())
+    }
+}

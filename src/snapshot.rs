@@ -1,0 +1,86 @@
+//! The snapshot: everything the outputs show, immutable, published by the ingest loop on a
+//! `tokio::sync::watch` channel. Outputs are pure functions of a snapshot and the phase.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::tally::TallyView;
+use crate::time::UnixMicros;
+
+/// Health of the source as of a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Health {
+    /// The last load or poll succeeded.
+    pub database_up: bool,
+    /// Source time (database `now()`) of the last successful load or poll; None before the first.
+    pub last_success: Option<UnixMicros>,
+    /// Wall time of the last full load, seconds.
+    pub load_seconds: f64,
+}
+
+/// One immutable picture of what the exporter knows.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Increases with every publication, so a rendering of an unchanged snapshot can be reused.
+    pub generation: u64,
+    /// Set once the first full load is folded; never cleared.
+    pub ready: bool,
+    pub health: Health,
+    pub ingest: IngestStats,
+    pub tally: TallyView,
+}
+
+impl Snapshot {
+    /// The snapshot before the first load: no data, not ready, judged at the wall clock `now`.
+    pub fn empty(now: UnixMicros) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.tally.now = now;
+        s
+    }
+}
+
+/// The receiving side outputs hold: the latest snapshot, cheaply cloned.
+pub type Snapshots = watch::Receiver<Arc<Snapshot>>;
+
+/// Upper bounds of `rollout_exporter_poll_duration_seconds`, seconds.
+pub const POLL_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// A histogram's state: counts per bucket (not cumulative), the sum and the count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// One count per upper bound, not cumulative; empty until the first observation.
+    pub buckets: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Adds one observation against `bounds` (values above the last bound count in sum and count only).
+    pub fn observe(&mut self, bounds: &[f64], v: f64) {
+        if self.buckets.len() != bounds.len() {
+            self.buckets = vec![0; bounds.len()];
+        }
+        if let Some(i) = bounds.iter().position(|b| v <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+/// The ingest loop's account of its own work (the `rollout_exporter_*` counters).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IngestStats {
+    /// Wall time of every poll, successful or not, against [`POLL_BUCKETS`].
+    pub poll_seconds: Histogram,
+    /// Failed loads and polls by kind, in the order of `SourceError::KINDS`.
+    pub errors: [u64; 5],
+    /// Rows transferred by polls, duplicates from the overlap included.
+    pub read_rows: u64,
+    pub late_rows: u64,
+    pub reconciled_rows: u64,
+    /// Row ids the source holds for de-duplication.
+    pub tracked_ids: u64,
+}

@@ -1,0 +1,170 @@
+//! The PostgreSQL follower: one aggregate load, then polls of new rows, each row exactly once.
+//!
+//! - [`queries`]: the SQL, one named statement per purpose;
+//! - [`db`]: connections, read-only transactions with deadlines, typed errors;
+//! - [`dedup`]: which recent rows were already counted.
+//!
+//! Exactly-once: `created_at` is the writer's transaction start, so a row can commit after a poll
+//! with a `created_at` before it. Each poll therefore reads the rows from the previous poll's
+//! database `now()` (the watermark, never the newest `created_at`, so a future-dated row cannot
+//! hide later rows) and, in the same snapshot, counts the rows per minute of the overlap margin
+//! below it with an index-only scan. Only a minute whose count exceeds what was counted is read
+//! again, and ids already counted are skipped. Every `--reconcile-interval` the counted range
+//! reaches back `--reconcile-window`, which catches writers whose transactions outlived the overlap.
+
+pub mod db;
+pub mod dedup;
+pub mod queries;
+
+use std::time::{Duration, Instant};
+
+pub use db::{Db, SourceError};
+use db::{MinuteCount, PollPlan};
+use dedup::{ranges, Seen};
+
+use super::{Batch, BatchStats, Source};
+use crate::config::{DatabaseConfig, ServeConfig, VerdictConfig};
+use crate::time::UnixMicros;
+
+/// How the follower reads: intervals and how far back it looks.
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    pub poll_interval: Duration,
+    /// Margin below the watermark checked by every poll.
+    pub overlap: Duration,
+    pub reconcile_interval: Duration,
+    /// How far back reconciliation reaches (and how long ids are kept).
+    pub reconcile_window: Duration,
+    /// Rows newer than this at start-up are read one by one (they seed de-duplication and the
+    /// booking state machine); older rows are aggregated.
+    pub stream_back: Duration,
+    /// Seconds of the longest window: the start-up aggregates carry minutes this far back.
+    pub longest_window: u64,
+}
+
+impl FollowConfig {
+    /// What `serve` follows with.
+    pub fn serve(cfg: &ServeConfig) -> Self {
+        FollowConfig {
+            poll_interval: cfg.poll_interval,
+            overlap: cfg.overlap,
+            reconcile_interval: cfg.reconcile_interval,
+            reconcile_window: cfg.reconcile_window,
+            stream_back: cfg.overlap.max(cfg.reconcile_window).max(cfg.tally.stuck_after * 2),
+            longest_window: cfg.tally.windows.iter().map(|w| w.seconds).max().unwrap_or(0),
+        }
+    }
+
+    /// The `verdict` command: the same start-up load, everything aggregated, minutes of the soak
+    /// window only.
+    pub fn verdict(cfg: &VerdictConfig) -> Self {
+        FollowConfig {
+            poll_interval: Duration::from_secs(1),
+            overlap: Duration::ZERO,
+            reconcile_interval: Duration::from_secs(60),
+            reconcile_window: Duration::ZERO,
+            stream_back: Duration::ZERO,
+            longest_window: cfg.rollout.soak.seconds,
+        }
+    }
+}
+
+/// Follows the events table (see the module documentation for the exactly-once argument).
+pub struct PgSource {
+    db: Db,
+    cfg: FollowConfig,
+    seen: Seen,
+    /// Database `now()` of the last successful load or poll; None until the first load.
+    watermark: Option<UnixMicros>,
+    last_reconcile: Instant,
+}
+
+impl PgSource {
+    /// Prepares the follower; nothing touches the network yet.
+    pub fn new(db: DatabaseConfig, cfg: FollowConfig) -> Result<Self, SourceError> {
+        Ok(PgSource { db: Db::new(db)?, cfg, seen: Seen::default(), watermark: None, last_reconcile: Instant::now() })
+    }
+
+    /// The database access, for EXPLAIN in tests.
+    #[cfg(feature = "testing")]
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    async fn load_batch(&mut self) -> Result<Batch, SourceError> {
+        let loaded = self.db.load(self.cfg.stream_back, self.cfg.longest_window).await?;
+        let mut seen = Seen::complete_from(loaded.now.minus(self.cfg.stream_back).0);
+        for r in &loaded.rows {
+            seen.insert(r);
+        }
+        self.seen = seen;
+        self.watermark = Some(loaded.now);
+        self.last_reconcile = Instant::now();
+        let stats = BatchStats { tracked_ids: Some(self.seen.len as u64), ..BatchStats::default() };
+        Ok(Batch { now: loaded.now, groups: loaded.groups, rows: loaded.rows, stats })
+    }
+
+    /// Reads what changed since the watermark; the minutes whose database count exceeds what was
+    /// counted are read again.
+    async fn poll_batch(&mut self) -> Result<Batch, SourceError> {
+        let watermark = self.watermark.expect("the ingest loop polls only after a load");
+        let reconcile = self.last_reconcile.elapsed() >= self.cfg.reconcile_interval;
+        let back = if reconcile { self.cfg.reconcile_window.max(self.cfg.overlap) } else { self.cfg.overlap };
+        // Never reach below what the de-duplication set still holds completely (and never past
+        // the watermark: then only new rows are read).
+        let count_from = UnixMicros(watermark.minus(back).0.max(self.seen.complete_from_us).min(watermark.0));
+        let plan = PollPlan { count_from, count_to: watermark, rows_from: watermark };
+        let polled = self.db.poll(plan).await?;
+        let ours = self.seen.counts(count_from.0, watermark.0);
+        let short: Vec<i64> = polled
+            .counts
+            .iter()
+            .filter(|c: &&MinuteCount| c.rows > ours.get(&c.minute).copied().unwrap_or(0))
+            .map(|c| c.minute)
+            .collect();
+        let mut missed = Vec::new();
+        for (from, to) in ranges(&short, count_from.0, watermark.0) {
+            missed.extend(self.db.rows_between(UnixMicros(from), UnixMicros(to)).await?);
+        }
+        if reconcile {
+            self.last_reconcile = Instant::now();
+        }
+        let mut stats = BatchStats { read_rows: (polled.rows.len() + missed.len()) as u64, ..BatchStats::default() };
+        let overlap_start = watermark.minus(self.cfg.overlap);
+        let mut fresh = Vec::new();
+        for row in missed {
+            if self.seen.insert(&row) {
+                if UnixMicros(row.created_us) >= overlap_start {
+                    stats.late_rows += 1;
+                } else {
+                    stats.reconciled_rows += 1;
+                    tracing::info!(id = %row.id, "reconciliation found a row committed after the overlap margin");
+                }
+                fresh.push(row);
+            }
+        }
+        fresh.extend(polled.rows.into_iter().filter(|row| self.seen.insert(row)));
+        let now = polled.now.max(watermark);
+        self.watermark = Some(now);
+        let keep_back = self.cfg.reconcile_window.max(self.cfg.overlap);
+        self.seen.prune(now.minus(keep_back).0, now.minus(self.cfg.overlap).0);
+        stats.tracked_ids = Some(self.seen.len as u64);
+        Ok(Batch { now, groups: Vec::new(), rows: fresh, stats })
+    }
+}
+
+impl Source for PgSource {
+    const NAME: &'static str = "database poller";
+
+    fn interval(&self) -> Duration {
+        self.cfg.poll_interval
+    }
+
+    fn load(&mut self) -> impl std::future::Future<Output = Result<Batch, SourceError>> + Send {
+        self.load_batch()
+    }
+
+    fn next(&mut self) -> impl std::future::Future<Output = Result<Batch, SourceError>> + Send {
+        self.poll_batch()
+    }
+}
