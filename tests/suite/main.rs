@@ -8,6 +8,7 @@ mod faults;
 mod hardening;
 mod helpers;
 mod rollout;
+mod seam;
 mod web;
 
 /// The live outputs over a fixed phase and a snapshot channel the test publishes on (no app, no
