@@ -247,12 +247,9 @@ class Cluster:
 
 
 def schema_bigint():
-    """SCHEMA_BIGINT of the test suite, read from its source so both always agree."""
-    text = (ROOT / "tests/suite/helpers.rs").read_text()
-    m = re.search(r'pub const SCHEMA_BIGINT: &str = "(.*?)";', text, re.S)
-    if not m:
-        raise Fail("SCHEMA_BIGINT not found in tests/suite/helpers.rs")
-    return m.group(1)
+    """The events table of the test suite (tests/sql/observability_events.sql, which the suite
+    includes as SCHEMA_BIGINT), so both always agree."""
+    return (ROOT / "tests/sql/observability_events.sql").read_text()
 
 
 def mix_sql(n, created):
@@ -914,7 +911,7 @@ def write_doc(path, results, mach, cmd, started, args, cl):
             if any(k in l for k in ("Scan", "Gather", "Workers", "Execution Time")))[:400] + "`")
     gen += ["", "Cluster: a throwaway PostgreSQL started by the harness (shared_buffers "
             f"{cl.shared_buffers}, fsync/synchronous_commit/full_page_writes off for the writers, other settings "
-            "default), one database per size, schema SCHEMA_BIGINT of tests/suite/helpers.rs and "
+            "default), one database per size, schema tests/sql/observability_events.sql and "
             "deploy/sql/index.sql, VACUUM ANALYZE after seeding. Database time is pg_stat_statements "
             "total_exec_time + total_plan_time of the exporter's own role, measured over "
             f"{args.db_seconds_ours} s for rollout-exporter (so one of its once-a-minute reconciliations falls inside) "
