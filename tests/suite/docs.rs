@@ -38,5 +38,4 @@ async fn docs_metrics_match_a_real_scrape() {
         "undocumented: {undocumented:?}\ndocumented but not scraped: {missing:?}"
     );
     app.stop().await;
-    db.drop_db().await;
 }
