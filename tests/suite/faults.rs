@@ -247,7 +247,7 @@ async fn polls_work_through_pgbouncer_in_transaction_mode() {
     }
     a.wait_polls(5).await;
     let s = a.scrape().await;
-    for kind in rollout_exporter::metrics::ERROR_KINDS {
+    for kind in ERROR_KINDS {
         assert_eq!(
             s.value("rollout_exporter_poll_errors_total", &[("kind", kind)]),
             0.0,

@@ -90,7 +90,7 @@ impl Scraper {
 
 /// `rollout_exporter_poll_errors_total` by kind.
 pub fn errors(s: &Scrape) -> BTreeMap<String, u64> {
-    rollout_exporter::metrics::ERROR_KINDS
+    ERROR_KINDS
         .iter()
         .map(|k| (k.to_string(), s.value("rollout_exporter_poll_errors_total", &[("kind", k)]) as u64))
         .collect()
