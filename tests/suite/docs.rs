@@ -38,5 +38,25 @@ async fn docs_metrics_match_a_real_scrape() {
         "undocumented: {undocumented:?}\ndocumented but not scraped: {missing:?}"
     );
     app.stop().await;
-    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn the_poll_error_kinds_are_the_documented_ones_and_every_one_has_a_series() {
+    let text = std::fs::read_to_string(repo_root().join("docs/metrics.md")).unwrap();
+    let row = text.lines().find(|l| l.starts_with("| `rollout_exporter_poll_errors_total`")).expect("documented");
+    let kinds = row.rsplit_once("by kind:").expect("the kinds").1;
+    let documented: BTreeSet<&str> = kinds.split('`').skip(1).step_by(2).collect();
+    assert_eq!(documented, ERROR_KINDS.into_iter().collect::<BTreeSet<_>>());
+    let db = TestDb::new().await;
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    let s = app.scrape().await;
+    let scraped: BTreeSet<&str> = s
+        .series
+        .keys()
+        .filter(|(n, _)| n == "rollout_exporter_poll_errors_total")
+        .flat_map(|(_, l)| l.iter().filter(|(k, _)| k == "kind").map(|(_, v)| v.as_str()))
+        .collect();
+    assert_eq!(scraped, documented, "a fresh exporter shows every kind, at 0");
+    app.stop().await;
 }

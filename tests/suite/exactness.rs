@@ -35,7 +35,7 @@ async fn insert_every_case(db: &TestDb) {
     let long = "r".repeat(300);
     db.insert(Some("coordinator.retry"), Some(&format!(r#"{{"reason": "{long}"}}"#))).await;
     // Another source, never counted.
-    db.insert_at("legacy.planner", Some("coordinator.start"), None, None).await;
+    db.events().source("legacy.planner").event_type("coordinator.start").null_context().insert().await;
 }
 
 #[tokio::test]
@@ -43,8 +43,13 @@ async fn start_up_load_equals_sql_group_by_for_every_odd_row() {
     let db = TestDb::new().await;
     insert_every_case(&db).await;
     // Old rows (aggregated at start-up, not streamed) with the same oddities.
-    db.insert_at(SOURCE, Some("coordinator.error"), Some(r#"{"reason": 7}"#), Some("now() - interval '3 hours'")).await;
-    db.insert_at(SOURCE, Some("coordinator.retry"), None, Some("now() - interval '5 days'")).await;
+    db.events()
+        .event_type("coordinator.error")
+        .context(r#"{"reason": 7}"#)
+        .at("now() - interval '3 hours'")
+        .insert()
+        .await;
+    db.events().event_type("coordinator.retry").null_context().at("now() - interval '5 days'").insert().await;
     let app = spawn_app(serve_config(&db.url, &[])).await;
     app.ready().await;
     let totals = app.wait_totals_match(&db).await;
@@ -61,26 +66,24 @@ async fn start_up_load_equals_sql_group_by_for_every_odd_row() {
     assert_eq!(s.value("rollout_exporter_malformed_rows_total", &[("kind", "reason_not_string")]), 4.0);
     promtool_check_metrics(&s.text);
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn uuid_primary_keys_work_and_polls_add_new_rows_exactly() {
-    let db = TestDb::with_schema(SCHEMA_UUID).await;
-    db.insert_many(500, "coordinator.start", None, 3 * 3600).await;
+    let db = TestDb::builder().schema(SCHEMA_UUID).build().await;
+    db.events().event_type("coordinator.start").count(500).within_last_secs(3 * 3600).insert().await;
     let app = spawn_app(serve_config(&db.url, &[])).await;
     app.ready().await;
     app.wait_totals_match(&db).await;
     for round in 0..3 {
-        db.insert_many(50 + round, "coordinator.confirmed", None, 0).await;
-        db.insert_many(7, "coordinator.retry", Some("upstream_timeout"), 0).await;
+        db.events().event_type("coordinator.confirmed").count(50 + round).insert().await;
+        db.events().event_type("coordinator.retry").reason("upstream_timeout").count(7).insert().await;
         app.wait_totals_match(&db).await;
     }
     // Several polls later nothing has been counted twice.
     app.wait_polls(3).await;
     assert_eq!(app.scrape().await.totals(), db.sql_totals().await);
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
@@ -108,7 +111,6 @@ async fn a_transaction_held_open_across_polls_is_counted_once_as_late() {
     assert_eq!(s.totals(), db.sql_totals().await);
     assert_eq!(s.value("rollout_exporter_late_events_total", &[]), 1.0);
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
@@ -116,7 +118,7 @@ async fn a_future_dated_row_is_counted_and_does_not_hide_later_rows() {
     let db = TestDb::new().await;
     let app = spawn_app(serve_config(&db.url, &[])).await;
     app.ready().await;
-    db.insert_at(SOURCE, Some("coordinator.start"), Some("{}"), Some("now() + interval '2 hours'")).await;
+    db.events().event_type("coordinator.start").context("{}").at("now() + interval '2 hours'").insert().await;
     app.wait_totals_match(&db).await;
     for _ in 0..5 {
         db.insert(Some("coordinator.confirmed"), Some("{}")).await;
@@ -133,31 +135,29 @@ async fn a_future_dated_row_is_counted_and_does_not_hide_later_rows() {
         1.0
     );
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn a_restarted_exporter_resumes_at_the_same_counts() {
     let db = TestDb::new().await;
-    db.insert_many(300, "coordinator.start", None, 7200).await;
-    db.insert_many(290, "coordinator.confirmed", None, 7200).await;
+    db.events().event_type("coordinator.start").count(300).within_last_secs(7200).insert().await;
+    db.events().event_type("coordinator.confirmed").count(290).within_last_secs(7200).insert().await;
     let app = spawn_app(serve_config(&db.url, &[])).await;
     app.ready().await;
-    db.insert_many(20, "coordinator.retry", Some("rate_limited"), 0).await;
+    db.events().event_type("coordinator.retry").reason("rate_limited").count(20).insert().await;
     let before = app.wait_totals_match(&db).await;
     app.stop().await;
     let again = spawn_app(serve_config(&db.url, &[])).await;
     again.ready().await;
     assert_eq!(again.scrape().await.totals(), before, "the first scrape after restart equals the last before");
     again.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn count_since_counts_only_newer_rows() {
     let db = TestDb::new().await;
-    db.insert_at(SOURCE, Some("coordinator.start"), None, Some("'2020-01-01T00:00:00Z'")).await;
-    db.insert_at(SOURCE, Some("coordinator.start"), None, Some("'2026-01-01T00:00:00Z'")).await;
+    db.events().event_type("coordinator.start").null_context().at("'2020-01-01T00:00:00Z'").insert().await;
+    db.events().event_type("coordinator.start").null_context().at("'2026-01-01T00:00:00Z'").insert().await;
     let app = spawn_app(serve_config(&db.url, &["--count-since", "2025-06-01T00:00:00+02:00"])).await;
     app.ready().await;
     let s = app.scrape().await;
@@ -166,16 +166,21 @@ async fn count_since_counts_only_newer_rows() {
         1.0
     );
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn window_gauges_and_ratios_equal_sql_over_the_same_minute_aligned_window() {
     let db = TestDb::new().await;
     // Rows spread over 50 hours; some fall outside every window.
-    db.insert_many(2000, "coordinator.start", None, 50 * 3600).await;
-    db.insert_many(1950, "coordinator.confirmed", None, 50 * 3600).await;
-    db.insert_many(15, "coordinator.manual_review", Some("vip_customer"), 50 * 3600).await;
+    db.events().event_type("coordinator.start").count(2000).within_last_secs(50 * 3600).insert().await;
+    db.events().event_type("coordinator.confirmed").count(1950).within_last_secs(50 * 3600).insert().await;
+    db.events()
+        .event_type("coordinator.manual_review")
+        .reason("vip_customer")
+        .count(15)
+        .within_last_secs(50 * 3600)
+        .insert()
+        .await;
     let app = spawn_app(serve_config(&db.url, &[])).await;
     app.ready().await;
     app.wait_polls(1).await;
@@ -208,7 +213,6 @@ async fn window_gauges_and_ratios_equal_sql_over_the_same_minute_aligned_window(
         assert_eq!(s.value("assignment_coordinator_manual_review_ratio", &[("window", label)]), expected);
     }
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
@@ -221,19 +225,24 @@ async fn ratios_are_absent_while_a_window_holds_no_start() {
     assert!(s.get("assignment_coordinator_success_ratio", &[("window", "1h")]).is_none());
     assert!(!s.text.contains("assignment_coordinator_manual_review_ratio{"));
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn reasons_beyond_the_cap_fold_into_other_and_the_sum_stays_exact() {
     let db = TestDb::new().await;
     for i in 0..6 {
-        db.insert_many(10 - i, "coordinator.retry", Some(&format!("reason_{i}")), 3600 * 5).await;
+        db.events()
+            .event_type("coordinator.retry")
+            .reason(&format!("reason_{i}"))
+            .count(10 - i)
+            .within_last_secs(3600 * 5)
+            .insert()
+            .await;
     }
     let app = spawn_app(serve_config(&db.url, &["--reason-cap", "3"])).await;
     app.ready().await;
-    db.insert_many(4, "coordinator.retry", Some("brand_new"), 0).await;
-    db.insert_many(2, "coordinator.retry", Some("reason_0"), 0).await;
+    db.events().event_type("coordinator.retry").reason("brand_new").count(4).insert().await;
+    db.events().event_type("coordinator.retry").reason("reason_0").count(2).insert().await;
     app.wait_polls(2).await;
     let s = app.scrape().await;
     let t = s.totals();
@@ -250,7 +259,6 @@ async fn reasons_beyond_the_cap_fold_into_other_and_the_sum_stays_exact() {
             .unwrap();
     assert_eq!(sum, sql as u64);
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
@@ -288,13 +296,12 @@ async fn the_poll_query_is_an_index_range_scan() {
     );
     assert!(!text.contains("Seq Scan"), "plan scans the table:\n{text}");
     drop(conn);
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn a_poll_with_no_new_rows_reads_no_rows() {
     let db = TestDb::new().await;
-    db.insert_many(500, "coordinator.start", None, 60).await;
+    db.events().event_type("coordinator.start").count(500).within_last_secs(60).insert().await;
     let app = spawn_app(serve_config(&db.url, &[])).await;
     app.ready().await;
     app.wait_polls(1).await;
@@ -302,11 +309,10 @@ async fn a_poll_with_no_new_rows_reads_no_rows() {
     app.wait_polls(5).await;
     // The 500 rows inside the overlap are only counted, never transferred again.
     assert_eq!(app.scrape().await.value("rollout_exporter_polled_rows_total", &[]), before);
-    db.insert_many(3, "coordinator.confirmed", None, 0).await;
+    db.events().event_type("coordinator.confirmed").count(3).insert().await;
     app.wait_totals_match(&db).await;
     assert_eq!(app.scrape().await.value("rollout_exporter_polled_rows_total", &[]), before + 3.0);
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
@@ -353,7 +359,6 @@ async fn reconciliation_finds_a_transaction_that_outlived_the_overlap() {
     assert_eq!(s.value("rollout_exporter_late_events_total", &[]), 0.0);
     assert_eq!(s.totals(), db.sql_totals().await, "counted once");
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]

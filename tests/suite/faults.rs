@@ -2,7 +2,7 @@
 //! database away at start, a real PgBouncer in transaction mode in front.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::helpers::*;
@@ -47,18 +47,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn create() -> Cluster {
+    /// None (after [`require_tool`] printed SKIPPED) when PostgreSQL's server binaries are missing.
+    pub fn create() -> Option<Cluster> {
+        let initdb = pg_bin("initdb");
+        if !require_tool(&initdb) || !require_tool(&pg_bin("pg_ctl")) {
+            return None;
+        }
         let dir = TempDir::new("rex_cluster");
         chown_postgres(dir.path());
         let data = dir.path().join("data");
-        run_ok(as_postgres(&pg_bin("initdb")).args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"]).arg(&data));
+        run_ok(as_postgres(&initdb).args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"]).arg(&data));
         let c = Cluster { dir, port: free_port() };
         c.start();
-        c
-    }
-
-    pub fn admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        Some(c)
     }
 
     pub fn start(&self) {
@@ -100,9 +101,9 @@ impl Drop for Cluster {
 
 #[tokio::test]
 async fn a_database_restart_mid_run_loses_nothing_and_counts_nothing_twice() {
-    let cluster = Cluster::create();
-    let db = TestDb::on_server(&cluster.admin_url(), "127.0.0.1", cluster.port, SCHEMA_BIGINT).await;
-    db.insert_many(200, "coordinator.start", None, 3600).await;
+    let Some(cluster) = Cluster::create() else { return };
+    let mut db = TestDb::builder().port(cluster.port).build().await;
+    db.events().event_type("coordinator.start").count(200).within_last_secs(3600).insert().await;
     let app = spawn_app(serve_config(&db.url, &["--connect-timeout", "1s", "--statement-timeout", "2s"])).await;
     app.ready().await;
     app.wait_totals_match(&db).await;
@@ -126,13 +127,8 @@ async fn a_database_restart_mid_run_loses_nothing_and_counts_nothing_twice() {
     assert_eq!(app.get("/readyz").await.0, 200, "readiness stays once loaded");
 
     cluster.start();
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&db.url).await.unwrap();
-    sqlx::query("INSERT INTO observability_events (source, event_type, context) SELECT $1, 'coordinator.confirmed', '{}' FROM generate_series(1, 37)")
-        .bind(SOURCE)
-        .execute(&pool)
-        .await
-        .unwrap();
-    let db = TestDb { pool, ..db };
+    db.reconnect().await;
+    db.events().event_type("coordinator.confirmed").context("{}").count(37).insert().await;
     wait_for("database_up 1", Duration::from_secs(30), || async {
         (app.scrape().await.value("rollout_exporter_database_up", &[]) == 1.0).then_some(())
     })
@@ -140,14 +136,13 @@ async fn a_database_restart_mid_run_loses_nothing_and_counts_nothing_twice() {
     let totals = app.wait_totals_match(&db).await;
     assert_eq!(totals[&("coordinator.confirmed".into(), "".into())], 37);
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn the_database_down_at_start_is_retried_and_metrics_are_served_meanwhile() {
-    let cluster = Cluster::create();
-    let db = TestDb::on_server(&cluster.admin_url(), "127.0.0.1", cluster.port, SCHEMA_BIGINT).await;
-    db.insert_many(42, "coordinator.start", None, 60).await;
+    let Some(cluster) = Cluster::create() else { return };
+    let mut db = TestDb::builder().port(cluster.port).build().await;
+    db.events().event_type("coordinator.start").count(42).within_last_secs(60).insert().await;
     db.pool.close().await;
     cluster.stop();
 
@@ -167,22 +162,21 @@ async fn the_database_down_at_start_is_retried_and_metrics_are_served_meanwhile(
 
     cluster.start();
     app.ready().await;
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&db.url).await.unwrap();
-    let db = TestDb { pool, ..db };
+    db.reconnect().await;
     let totals = app.wait_totals_match(&db).await;
     assert_eq!(totals[&("coordinator.start".into(), "".into())], 42);
     app.stop().await;
-    db.drop_db().await;
 }
 
 /// A real PgBouncer on a free port in transaction mode with a pool of 2 server connections.
 pub struct Bouncer {
-    pub child: Child,
+    pub process: Process,
     pub port: u16,
-    pub _dir: TempDir,
+    pub dir: TempDir,
 }
 
 impl Bouncer {
+    /// None (after [`require_tool`] printed SKIPPED) when pgbouncer is not installed.
     pub async fn start(upstream_port: u16) -> Option<Bouncer> {
         if !require_tool("pgbouncer") {
             return None;
@@ -203,24 +197,33 @@ impl Bouncer {
         )
         .unwrap();
         chown_postgres(dir.path());
+        let b = Bouncer { process: Self::spawn(dir.path()), port, dir };
+        b.wait_listening().await;
+        Some(b)
+    }
+
+    fn spawn(dir: &std::path::Path) -> Process {
         let mut cmd = Command::new("pgbouncer");
         if is_root() {
             cmd.args(["-u", "postgres"]);
         }
-        let child = cmd.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start pgbouncer");
-        let b = Bouncer { child, port, _dir: dir };
+        cmd.arg(dir.join("pgbouncer.ini"));
+        Process::spawn(cmd)
+    }
+
+    async fn wait_listening(&self) {
+        let port = self.port;
         wait_for("pgbouncer listening", Duration::from_secs(10), || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
         })
         .await;
-        Some(b)
     }
-}
 
-impl Drop for Bouncer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// The same pooler, same configuration, same port, after [`Process::kill`]. Does not wait for
+    /// it to listen (clients must cope with the gap).
+    pub fn respawn(&mut self) {
+        let _ = std::fs::remove_file(self.dir.path().join("pgbouncer.pid"));
+        self.process = Self::spawn(self.dir.path());
     }
 }
 
@@ -228,7 +231,7 @@ impl Drop for Bouncer {
 async fn polls_work_through_pgbouncer_in_transaction_mode() {
     let db = TestDb::new().await;
     let Some(bouncer) = Bouncer::start(5432).await else { return };
-    db.insert_many(120, "coordinator.start", None, 4 * 3600).await;
+    db.events().event_type("coordinator.start").count(120).within_last_secs(4 * 3600).insert().await;
     let url = format!("postgres://postgres@127.0.0.1:{}/{}", bouncer.port, db.name);
     // Two exporters share the pool of two server connections, so statements of one client land on
     // connections another client used: named statements would collide or vanish here.
@@ -237,14 +240,14 @@ async fn polls_work_through_pgbouncer_in_transaction_mode() {
     a.ready().await;
     b.ready().await;
     for i in 0..5 {
-        db.insert_many(10 + i, "coordinator.confirmed", None, 0).await;
-        db.insert_many(3, "coordinator.retry", Some("upstream_timeout"), 0).await;
+        db.events().event_type("coordinator.confirmed").count(10 + i).insert().await;
+        db.events().event_type("coordinator.retry").reason("upstream_timeout").count(3).insert().await;
         a.wait_totals_match(&db).await;
         b.wait_totals_match(&db).await;
     }
     a.wait_polls(5).await;
     let s = a.scrape().await;
-    for kind in rollout_exporter::outputs::metrics::ERROR_KINDS {
+    for kind in ERROR_KINDS {
         assert_eq!(
             s.value("rollout_exporter_poll_errors_total", &[("kind", kind)]),
             0.0,
@@ -253,15 +256,10 @@ async fn polls_work_through_pgbouncer_in_transaction_mode() {
     }
     assert_eq!(s.totals(), db.sql_totals().await);
     // The verdict CLI works through the pooler too.
-    let out = Command::new(bin())
-        .args(["verdict", "--database-url", &url, "--format", "json"])
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verdict JSON through PgBouncer");
+    let (_, out, _) = run_bin(&["verdict", "--database-url", &url, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("verdict JSON through PgBouncer");
     assert_eq!(v["criteria"][0]["denominator"], 120);
     a.stop().await;
     b.stop().await;
     drop(bouncer);
-    db.drop_db().await;
 }

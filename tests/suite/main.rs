@@ -6,6 +6,7 @@ mod docs;
 mod exactness;
 mod faults;
 mod hardening;
+mod harness;
 mod helpers;
 mod rollout;
 mod seam;

@@ -1,7 +1,6 @@
 //! The rollout gate against real data: phase from the flags, thresholds at their edges, the
 //! verdict CLI (SQL) and /gate (memory) agreeing, the runbook table, the state machine.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::helpers::*;
@@ -22,22 +21,25 @@ const THREE_DAYS_AGO: &str = "2000-01-01T00:00:00Z";
 
 /// Runs `verdict` on the database; returns (exit code, stdout).
 fn verdict_cli(url: &str, flags: &str, extra: &[&str]) -> (i32, String) {
-    let out = Command::new(bin())
-        .args(["verdict", "--database-url", url, "--flags-file", flags, "--environment", "staging"])
-        .args(extra)
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string())
+    let mut args = vec!["verdict", "--database-url", url, "--flags-file", flags, "--environment", "staging"];
+    args.extend_from_slice(extra);
+    let (code, stdout, _) = run_bin(&args);
+    (code, stdout)
 }
 
 /// Seeds a soak with `starts` starts, `confirmed` confirmations and `manual` manual reviews within
 /// the last hour.
 async fn seed(db: &TestDb, starts: i64, confirmed: i64, manual: i64) {
-    db.insert_many(starts, "coordinator.start", None, 3000).await;
-    db.insert_many(confirmed, "coordinator.confirmed", None, 3000).await;
+    db.events().event_type("coordinator.start").count(starts).within_last_secs(3000).insert().await;
+    db.events().event_type("coordinator.confirmed").count(confirmed).within_last_secs(3000).insert().await;
     if manual > 0 {
-        db.insert_many(manual, "coordinator.manual_review", Some("ambiguous_address"), 3000).await;
+        db.events()
+            .event_type("coordinator.manual_review")
+            .reason("ambiguous_address")
+            .count(manual)
+            .within_last_secs(3000)
+            .insert()
+            .await;
     }
 }
 
@@ -71,7 +73,6 @@ async fn gate_and_cli_agree(starts: i64, confirmed: i64, manual: i64, expected: 
     let (pstatus, _) = http_request(app.port, "POST", "/gate", &[("Content-Type", "application/json")]).await;
     assert_eq!(pstatus, status, "Flagger POSTs to the gate");
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
@@ -113,16 +114,21 @@ async fn a_short_soak_is_pending_with_exit_code_three_and_markdown_evidence() {
     // Too little data is pending too.
     let (exit, _) = verdict_cli(&db.url, &flags, &["--phase-started-at", THREE_DAYS_AGO, "--min-starts", "151"]);
     assert_eq!(exit, 3);
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn the_runbook_table_equals_the_runbooks_own_sql() {
     let db = TestDb::new().await;
     seed(&db, 300, 280, 4).await;
-    db.insert_many(30, "coordinator.retry", Some("upstream_timeout"), 3000).await;
-    db.insert_many(7, "coordinator.retry", None, 3000).await;
-    db.insert_many(3, "coordinator.error", Some("boom"), 3000).await;
+    db.events()
+        .event_type("coordinator.retry")
+        .reason("upstream_timeout")
+        .count(30)
+        .within_last_secs(3000)
+        .insert()
+        .await;
+    db.events().event_type("coordinator.retry").count(7).within_last_secs(3000).insert().await;
+    db.events().event_type("coordinator.error").reason("boom").count(3).within_last_secs(3000).insert().await;
     let dir = TempDir::new("rex_flags");
     let flags = flags_file(&dir, "true", "false");
     let (_, json) = verdict_cli(&db.url, &flags, &["--format", "json", "--window", "6h"]);
@@ -149,7 +155,6 @@ async fn the_runbook_table_equals_the_runbooks_own_sql() {
         assert_eq!(row["total"], total);
         assert_eq!(format!("{:.2}", row["success_rate_percent"].as_f64().unwrap()), pct, "{et}");
     }
-    db.drop_db().await;
 }
 
 #[tokio::test]
@@ -185,7 +190,6 @@ async fn the_phase_follows_the_flags_file_when_it_changes() {
     })
     .await;
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
@@ -212,7 +216,6 @@ async fn coordinator_events_in_shadow_mode_are_a_leak() {
     })
     .await;
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
@@ -235,9 +238,9 @@ async fn the_booking_state_machine_counts_invalid_transitions_stuck_bookings_and
         ev("twice", "coordinator.start", "2 minutes"),
     ];
     for (et, ctx, at) in &rows {
-        db.insert_at(SOURCE, Some(et), Some(ctx), Some(at)).await;
+        db.events().event_type(et).context(ctx).at(at).insert().await;
     }
-    db.insert_at(SOURCE, Some("coordinator.start"), Some("{}"), None).await;
+    db.events().event_type("coordinator.start").context("{}").insert().await;
     // Same created_at (one transaction): start sorts before its outcome.
     sqlx::raw_sql(
         "INSERT INTO observability_events (source, event_type, context, created_at) VALUES
@@ -277,14 +280,13 @@ async fn the_booking_state_machine_counts_invalid_transitions_stuck_bookings_and
     let sum = s.value("assignment_coordinator_time_to_outcome_seconds_sum", &[("outcome", "confirmed")]);
     assert!((120.0..121.0).contains(&sum), "{sum}");
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn a_recent_circuit_open_holds_the_circuit_gauge_and_fails_the_gate() {
     let db = TestDb::new().await;
     seed(&db, 200, 200, 0).await;
-    db.insert_at(SOURCE, Some("coordinator.circuit_open"), Some("{}"), Some("now() - interval '10 minutes'")).await;
+    db.events().event_type("coordinator.circuit_open").context("{}").at("now() - interval '10 minutes'").insert().await;
     let dir = TempDir::new("rex_flags");
     let flags = flags_file(&dir, "true", "false");
     let app = spawn_app(serve_config(&db.url, &["--flags-file", &flags, "--phase-started-at", THREE_DAYS_AGO])).await;
@@ -299,7 +301,6 @@ async fn a_recent_circuit_open_holds_the_circuit_gauge_and_fails_the_gate() {
     })
     .await;
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
@@ -327,7 +328,6 @@ async fn errors_in_three_consecutive_five_minute_blocks_are_sustained() {
     let (exit, _) = verdict_cli(&db.url, &flags, &["--phase-started-at", THREE_DAYS_AGO]);
     assert_eq!(exit, 1);
     app.stop().await;
-    db.drop_db().await;
 }
 
 /// The verdict JSON without what depends on the instant it was computed at.
@@ -346,14 +346,14 @@ fn without_instant(v: &serde_json::Value) -> serde_json::Value {
 async fn the_live_gate_and_the_verdict_command_give_the_same_verdict_json_with_null_and_capped_types() {
     let db = TestDb::new().await;
     seed(&db, 300, 290, 2).await;
-    db.insert_many(4, "coordinator.error", Some("boom"), 3000).await;
+    db.events().event_type("coordinator.error").reason("boom").count(4).within_last_secs(3000).insert().await;
     // Unknown types past the cap: with --event-type-cap 8 one label is left after the
     // coordinator's seven; NULL (the most frequent) takes it, the others fold into `other`.
     for _ in 0..40 {
         db.insert(None, Some(r#"{"booking_id": "n"}"#)).await;
     }
-    db.insert_many(30, "legacy.assign", None, 3000).await;
-    db.insert_many(20, "legacy.retry", Some("slow"), 3000).await;
+    db.events().event_type("legacy.assign").count(30).within_last_secs(3000).insert().await;
+    db.events().event_type("legacy.retry").reason("slow").count(20).within_last_secs(3000).insert().await;
     let dir = TempDir::new("rex_flags");
     let flags = flags_file(&dir, "true", "false");
     let common = ["--phase-started-at", THREE_DAYS_AGO, "--event-type-cap", "8"];
@@ -382,5 +382,4 @@ async fn the_live_gate_and_the_verdict_command_give_the_same_verdict_json_with_n
     assert_eq!(other["total"], 50, "legacy.assign and legacy.retry fold into other");
     assert_eq!(other["success_rate_percent"], 60.0, "30 of the 50 have no reason");
     app.stop().await;
-    db.drop_db().await;
 }

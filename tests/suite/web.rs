@@ -96,17 +96,8 @@ async fn tls_and_basic_auth_guard_metrics_gate_and_landing_but_not_probes() {
     promtool_check_metrics(&body);
     assert_eq!(curl(dir.path(), port, "/gate", Some("prometheus:right-password")).0, 200, "healthy demo: go");
     // Plain HTTP to the TLS port gets no HTTP answer.
-    let plain = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf).await;
-        buf
-    })
-    .await
-    .unwrap_or_default();
-    assert!(!String::from_utf8_lossy(&plain).contains("assignment_"), "metrics served over plain HTTP");
+    let plain = try_request(port, "GET", "/metrics", &[], std::time::Duration::from_secs(5)).await;
+    assert!(!plain.is_ok_and(|(_, body)| body.contains("assignment_")), "metrics served over plain HTTP");
     app.stop().await;
 }
 
@@ -136,9 +127,8 @@ fn a_bad_web_config_exits_2_with_one_line() {
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
-        let out = Command::new(bin()).args(["demo", "--web-config-file", path.to_str().unwrap()]).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        let (code, _, err) = run_bin(&["demo", "--web-config-file", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{name}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
         assert!(err.contains("--web-config-file"), "{name}: {err}");
         assert!(!err.contains("plaintext"), "the password value is not echoed: {err}");

@@ -3,7 +3,6 @@
 //! the fault), and `rollout_exporter_database_up` and `rollout_exporter_poll_errors_total{kind}`
 //! told the truth.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::*;
-use crate::faults::{is_root, Bouncer, Cluster};
+use crate::faults::{Bouncer, Cluster};
 use crate::helpers::*;
 
 async fn database_up(app: &TestApp) -> f64 {
@@ -62,7 +61,7 @@ async fn lock_table(db: &TestDb) -> sqlx::Transaction<'static, sqlx::Postgres> {
 async fn hardening_a_pgbouncer_restart_loses_nothing_and_is_reported_as_connect_errors() {
     let db = TestDb::new().await;
     let Some(mut bouncer) = Bouncer::start(5432).await else { return };
-    db.insert_many(150, "coordinator.start", None, 3600).await;
+    db.events().event_type("coordinator.start").count(150).within_last_secs(3600).insert().await;
     let url = format!("postgres://postgres@127.0.0.1:{}/{}", bouncer.port, db.name);
     let app = spawn_app(serve_config(&url, &["--connect-timeout", "1s", "--statement-timeout", "2s"])).await;
     app.ready().await;
@@ -70,22 +69,14 @@ async fn hardening_a_pgbouncer_restart_loses_nothing_and_is_reported_as_connect_
     let before = app.scrape().await;
     let scraper = Scraper::start(app.port);
 
-    let _ = bouncer.child.kill();
-    let _ = bouncer.child.wait();
+    bouncer.process.kill();
     insert_mix(&db.pool, 70, "while-bouncer-down").await;
     wait_database_up(&app, 0.0, Duration::from_secs(20)).await;
     let down = app.scrape().await;
     assert_eq!(down.totals(), before.totals(), "the last values stay served while the pooler is away");
 
     // The same pooler, same configuration, same port.
-    let dir = bouncer._dir.path().to_path_buf();
-    let _ = std::fs::remove_file(dir.join("pgbouncer.pid"));
-    let mut cmd = Command::new("pgbouncer");
-    if is_root() {
-        cmd.args(["-u", "postgres"]);
-    }
-    bouncer.child =
-        cmd.arg(dir.join("pgbouncer.ini")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("pgbouncer");
+    bouncer.respawn();
     wait_database_up(&app, 1.0, Duration::from_secs(30)).await;
     insert_mix(&db.pool, 30, "after-bouncer-restart").await;
     let totals = app.wait_totals_match(&db).await;
@@ -100,13 +91,12 @@ async fn hardening_a_pgbouncer_restart_loses_nothing_and_is_reported_as_connect_
     figure("pgbouncer_restart", &format!("errors {grown:?}, scrapes {} ok, slowest {:?}", log.ok, log.slowest));
     app.stop().await;
     drop(bouncer);
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn hardening_pg_terminate_backend_idle_or_mid_poll_loses_nothing_and_counts_one_connect_error() {
     let db = TestDb::new().await;
-    db.insert_many(100, "coordinator.start", None, 3600).await;
+    db.events().event_type("coordinator.start").count(100).within_last_secs(3600).insert().await;
     let app = spawn_app(serve_config(&db.url, &["--statement-timeout", "5s", "--connect-timeout", "2s"])).await;
     app.ready().await;
     app.wait_totals_match(&db).await;
@@ -157,7 +147,6 @@ async fn hardening_pg_terminate_backend_idle_or_mid_poll_loses_nothing_and_count
     log.assert_answered_throughout("pg_terminate_backend");
     assert!(log.saw_down_then_up(), "{:?}", log.database_up);
     app.stop().await;
-    db.drop_db().await;
 }
 
 /// A TCP proxy 127.0.0.1:port -> 127.0.0.1:upstream whose switch stops forwarding without closing
@@ -227,7 +216,7 @@ impl Drop for StallProxy {
 #[tokio::test]
 async fn hardening_a_network_stall_longer_than_the_statement_timeout_ends_the_poll_and_recovers() {
     let db = TestDb::new().await;
-    db.insert_many(80, "coordinator.start", None, 600).await;
+    db.events().event_type("coordinator.start").count(80).within_last_secs(600).insert().await;
     let proxy = StallProxy::start(5432).await;
     let url = format!("postgres://postgres@127.0.0.1:{}/{}", proxy.port, db.name);
     let app = spawn_app(serve_config(&url, &["--statement-timeout", "1s", "--connect-timeout", "1s"])).await;
@@ -266,13 +255,12 @@ async fn hardening_a_network_stall_longer_than_the_statement_timeout_ends_the_po
     figure("network_stall", &format!("stalled {stall:?}, errors {grown:?}, slowest scrape {:?}", log.slowest));
     app.stop().await;
     drop(proxy);
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn hardening_a_poll_blocked_by_a_lock_times_out_is_counted_and_catches_up_after_release() {
     let db = TestDb::new().await;
-    db.insert_many(100, "coordinator.start", None, 600).await;
+    db.events().event_type("coordinator.start").count(100).within_last_secs(600).insert().await;
     let app = spawn_app(serve_config(&db.url, &["--statement-timeout", "500ms"])).await;
     app.ready().await;
     app.wait_totals_match(&db).await;
@@ -318,14 +306,13 @@ async fn hardening_a_poll_blocked_by_a_lock_times_out_is_counted_and_catches_up_
     assert!(log.saw_down_then_up(), "{:?}", log.database_up);
     figure("lock", &format!("held {held:?}, timeouts {}, slowest scrape {:?}", grown["timeout"], log.slowest));
     app.stop().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn hardening_the_database_down_for_30_seconds_at_start_is_retried_and_then_exact() {
-    let cluster = Cluster::create();
-    let db = TestDb::on_server(&cluster.admin_url(), "127.0.0.1", cluster.port, SCHEMA_BIGINT).await;
-    db.insert_many(300, "coordinator.start", None, 7200).await;
+    let Some(cluster) = Cluster::create() else { return };
+    let mut db = TestDb::builder().port(cluster.port).build().await;
+    db.events().event_type("coordinator.start").count(300).within_last_secs(7200).insert().await;
     insert_mix(&db.pool, 70, "before-outage").await;
     db.pool.close().await;
     cluster.stop();
@@ -355,8 +342,7 @@ async fn hardening_the_database_down_for_30_seconds_at_start_is_retried_and_then
     })
     .await;
     let back_after = down_since.elapsed();
-    let pool = PgPoolOptions::new().max_connections(2).connect(&db.url).await.unwrap();
-    let db = TestDb { pool, ..db };
+    db.reconnect().await;
     insert_mix(&db.pool, 30, "after-outage").await;
     let totals = app.wait_totals_match(&db).await;
     let log = scraper.finish().await;
@@ -368,7 +354,6 @@ async fn hardening_the_database_down_for_30_seconds_at_start_is_retried_and_then
         &format!("ready {back_after:?} after start, connect errors {}, scrapes {} ok", e["connect"], log.ok),
     );
     app.stop().await;
-    db.drop_db().await;
 }
 
 /// A tiny deterministic generator, so the writers' schedule differs per task without a crate.
@@ -434,7 +419,6 @@ async fn hardening_many_concurrent_writers_are_counted_exactly_and_rolled_back_r
     );
     app.stop().await;
     pool.close().await;
-    db.drop_db().await;
 }
 
 async fn insert_in(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, n: u64, tag: &str, reason: Option<&str>) {
@@ -456,10 +440,10 @@ async fn insert_in(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, n: u64, tag: 
 #[tokio::test]
 async fn hardening_sigterm_while_a_poll_waits_for_a_lock_exits_zero_within_five_seconds() {
     let db = TestDb::new().await;
-    db.insert_many(100, "coordinator.start", None, 600).await;
+    db.events().event_type("coordinator.start").count(100).within_last_secs(600).insert().await;
     // The default 10 s statement timeout: the blocked poll would outlive the 5 s budget.
     let mut exporter = Exporter::serve(&db.url, &["--poll-interval", "100ms"], &[]);
-    wait_ready(exporter.port).await;
+    exporter.ready().await;
     let locker = lock_table(&db).await;
     wait_for("a poll waiting for the lock", Duration::from_secs(10), || async {
         exporter_waits_for_lock(&db.pool).await.then_some(())
@@ -471,5 +455,4 @@ async fn hardening_sigterm_while_a_poll_waits_for_a_lock_exits_zero_within_five_
     assert_eq!(code, Some(0), "exit code after SIGTERM during a blocked poll");
     assert!(took < Duration::from_secs(5), "took {took:?}");
     figure("sigterm_blocked_poll", &format!("exited in {took:?}"));
-    db.drop_db().await;
 }

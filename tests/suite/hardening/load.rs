@@ -89,11 +89,11 @@ async fn hardening_metrics_under_wrk_while_ingesting_1000_rows_per_second_has_no
         return;
     }
     let db = TestDb::new().await;
-    db.insert_many(5_000, "coordinator.start", None, 6 * 3600).await;
+    db.events().event_type("coordinator.start").count(5_000).within_last_secs(6 * 3600).insert().await;
     let mut args = vec!["--poll-interval", "1s"];
     args.extend_from_slice(COMPRESSED);
     let exporter = Exporter::serve(&db.url, &args, &[]);
-    wait_ready(exporter.port).await;
+    exporter.ready().await;
     let started = Instant::now();
     let writer = Writer::start(db.pool.clone(), 1_000, Duration::from_secs(40));
 
@@ -130,7 +130,7 @@ async fn hardening_metrics_under_wrk_while_ingesting_1000_rows_per_second_has_no
     let (first, last, is_flat) = flat(&rss);
     assert!(is_flat, "RSS grew: first third max {first} KiB, last third max {last} KiB, samples {rss:?}");
 
-    let totals = exporter.wait_totals_match(&db, Duration::from_secs(20)).await;
+    let totals = exporter.wait_totals_match(&db).await;
     assert_eq!(totals.values().sum::<u64>(), 5_000 + rows);
     let s = exporter.scrape().await;
     assert_eq!(errors(&s).values().sum::<u64>(), 0, "{:?}", errors(&s));
@@ -142,7 +142,6 @@ async fn hardening_metrics_under_wrk_while_ingesting_1000_rows_per_second_has_no
         ),
     );
     drop(exporter);
-    db.drop_db().await;
 }
 
 /// `SOAK_MINUTES` (default 1) at 500 rows/s, scraped every second as Prometheus would (faster).
@@ -151,10 +150,10 @@ async fn hardening_a_compressed_soak_at_500_rows_per_second_ends_exact_with_flat
     let minutes: u64 = std::env::var("SOAK_MINUTES").ok().and_then(|m| m.parse().ok()).unwrap_or(1);
     let length = Duration::from_secs(60 * minutes);
     let db = TestDb::new().await;
-    db.insert_many(20_000, "coordinator.start", None, 48 * 3600).await;
+    db.events().event_type("coordinator.start").count(20_000).within_last_secs(48 * 3600).insert().await;
     let production = std::env::var("SOAK_RETENTION").is_ok_and(|v| v == "production");
     let exporter = Exporter::serve(&db.url, if production { &[] } else { COMPRESSED }, &[]);
-    wait_ready(exporter.port).await;
+    exporter.ready().await;
     let started = Instant::now();
     let writer = Writer::start(db.pool.clone(), 500, length);
     let mut rss = Vec::new();
@@ -162,7 +161,8 @@ async fn hardening_a_compressed_soak_at_500_rows_per_second_ends_exact_with_flat
     let mut slowest = Duration::ZERO;
     while started.elapsed() < length {
         let t = Instant::now();
-        let (status, _) = get_once(exporter.port, "/metrics", Duration::from_secs(2)).await.expect("scrape");
+        let (status, _) =
+            try_request(exporter.port, "GET", "/metrics", &[], Duration::from_secs(2)).await.expect("scrape");
         assert_eq!(status, 200);
         slowest = slowest.max(t.elapsed());
         scrapes += 1;
@@ -170,7 +170,7 @@ async fn hardening_a_compressed_soak_at_500_rows_per_second_ends_exact_with_flat
         tokio::time::sleep(Duration::from_secs(1)).await; // scrape interval
     }
     let (rows, rate) = writer.finish(started).await;
-    let totals = exporter.wait_totals_match(&db, Duration::from_secs(30)).await;
+    let totals = exporter.wait_totals_match_within(&db, Duration::from_secs(30)).await;
     assert_eq!(totals.values().sum::<u64>(), 20_000 + rows);
     let s = exporter.scrape().await;
     assert_eq!(errors(&s).values().sum::<u64>(), 0, "{:?}", errors(&s));
@@ -188,5 +188,4 @@ async fn hardening_a_compressed_soak_at_500_rows_per_second_ends_exact_with_flat
     assert!(is_flat, "RSS grew: first third max {first} KiB, last third max {last} KiB, samples {rss:?}");
     assert!(rate > 400.0, "the writer reached only {rate:.0} rows/s");
     drop(exporter);
-    db.drop_db().await;
 }

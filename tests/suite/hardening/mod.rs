@@ -1,8 +1,9 @@
 //! Hardening: faults injected into real processes, properties of the tally and the exposition,
 //! TLS to PostgreSQL, and access control.
 //!
-//! Shared here: a background scraper that proves `/metrics` answers throughout a fault, the
-//! exporter binary as a child process (for signals and RSS), and a writer of realistic rows.
+//! Shared here: a background scraper that proves `/metrics` answers throughout a fault, and a
+//! writer of realistic rows. The exporter binary as a child process (for signals and RSS) is
+//! `helpers::Exporter`.
 
 mod faults;
 mod load;
@@ -10,31 +11,13 @@ mod properties;
 mod tls;
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
-
-/// One GET without panicking (a fault test records failures instead of dying in a task).
-pub async fn get_once(port: u16, path: &str, deadline: Duration) -> Result<(u16, String), String> {
-    let work = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect: {e}"))?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-        s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status line")?;
-        Ok((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
-    };
-    tokio::time::timeout(deadline, work).await.map_err(|_| format!("no answer within {deadline:?}"))?
-}
 
 /// What a [`Scraper`] saw.
 #[derive(Debug, Default)]
@@ -76,7 +59,7 @@ impl Scraper {
             loop {
                 let last = flag.load(Ordering::Relaxed);
                 let t = Instant::now();
-                match get_once(port, "/metrics", Duration::from_secs(5)).await {
+                match try_request(port, "GET", "/metrics", &[], Duration::from_secs(5)).await {
                     Ok((200, body)) => {
                         log.ok += 1;
                         log.slowest = log.slowest.max(t.elapsed());
@@ -107,7 +90,7 @@ impl Scraper {
 
 /// `rollout_exporter_poll_errors_total` by kind.
 pub fn errors(s: &Scrape) -> BTreeMap<String, u64> {
-    rollout_exporter::outputs::metrics::ERROR_KINDS
+    ERROR_KINDS
         .iter()
         .map(|k| (k.to_string(), s.value("rollout_exporter_poll_errors_total", &[("kind", k)]) as u64))
         .collect()
@@ -127,94 +110,6 @@ pub fn error_growth(before: &Scrape, after: &Scrape, allowed: &[&str]) -> BTreeM
         }
     }
     grown
-}
-
-/// The exporter binary as operators run it, killed on drop.
-pub struct Exporter {
-    pub child: Child,
-    pub port: u16,
-}
-
-impl Exporter {
-    /// `serve` on a free loopback port with `args` after it.
-    pub fn serve(db_url: &str, args: &[&str], env: &[(&str, &str)]) -> Exporter {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new(bin());
-        cmd.args(["serve", "--listen", &listen, "--database-url", db_url])
-            .args(args)
-            .env_remove("DATABASE_URL")
-            .env_remove("DATABASE_URL_FILE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Exporter { child: cmd.spawn().expect("spawn the exporter binary"), port }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub async fn scrape(&self) -> Scrape {
-        let (status, body) = http_get(self.port, "/metrics").await;
-        assert_eq!(status, 200);
-        Scrape::parse(&body)
-    }
-
-    /// Resident set size in KiB, from /proc.
-    pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS in /proc status")
-    }
-
-    pub fn sigterm(&self) {
-        run_ok(Command::new("kill").args(["-TERM", &self.pid().to_string()]));
-    }
-
-    /// Waits for the exit; returns the code and how long it took.
-    pub async fn wait_exit(&mut self, deadline: Duration) -> (Option<i32>, Duration) {
-        let start = Instant::now();
-        let child = &mut self.child;
-        wait_for("the exporter to exit", deadline, || {
-            let r = child.try_wait().expect("try_wait").map(|s| (s.code(), start.elapsed()));
-            async move { r }
-        })
-        .await
-    }
-
-    /// Everything the process wrote on stderr (after it exited).
-    pub fn stderr(&mut self) -> String {
-        let mut s = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut s);
-        }
-        s
-    }
-
-    /// Waits until the scraped events_total equals SQL.
-    pub async fn wait_totals_match(&self, db: &TestDb, deadline: Duration) -> BTreeMap<(String, String), u64> {
-        wait_for("the exporter's totals to equal SQL", deadline, || async {
-            let sql = db.sql_totals().await;
-            let got = self.scrape().await.totals();
-            (got == sql).then_some(got)
-        })
-        .await
-    }
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Inserts `n` rows in one statement: bookings that start and end (mostly confirmed, some retries

@@ -70,9 +70,10 @@ impl Pki {
     }
 }
 
-/// A throwaway cluster with `ssl = on` and the server certificate of `pki`.
-fn tls_cluster(pki: &Pki) -> Cluster {
-    let cluster = Cluster::create();
+/// A throwaway cluster with `ssl = on` and the server certificate of `pki` (None when PostgreSQL's
+/// server binaries are missing: the test is skipped).
+fn tls_cluster(pki: &Pki) -> Option<Cluster> {
+    let cluster = Cluster::create()?;
     let data = cluster.dir.path().join("data");
     for f in ["server.crt", "server.key"] {
         std::fs::copy(pki.dir.path().join(f), data.join(f)).unwrap();
@@ -84,11 +85,7 @@ fn tls_cluster(pki: &Pki) -> Cluster {
     std::fs::write(data.join("postgresql.conf"), conf).unwrap();
     cluster.stop();
     cluster.start();
-    cluster
-}
-
-fn tools() -> bool {
-    require_tool("openssl")
+    Some(cluster)
 }
 
 /// Whether the exporter's connection to this database is encrypted (None while not connected).
@@ -108,13 +105,13 @@ fn url_for(db: &TestDb, host: &str, port: u16, params: &str) -> String {
 
 #[tokio::test]
 async fn hardening_sslmode_require_and_verify_full_with_the_right_ca_connect_encrypted() {
-    if !tools() {
+    if !require_tool("openssl") {
         return;
     }
     let pki = Pki::create("rex_pki");
-    let cluster = tls_cluster(&pki);
-    let db = TestDb::on_server(&cluster.admin_url(), "127.0.0.1", cluster.port, SCHEMA_BIGINT).await;
-    db.insert_many(60, "coordinator.start", None, 600).await;
+    let Some(cluster) = tls_cluster(&pki) else { return };
+    let db = TestDb::builder().port(cluster.port).build().await;
+    db.events().event_type("coordinator.start").count(60).within_last_secs(600).insert().await;
     let ca = pki.ca();
     let ca = ca.to_str().unwrap();
     let urls = [
@@ -134,19 +131,18 @@ async fn hardening_sslmode_require_and_verify_full_with_the_right_ca_connect_enc
         assert!(ssl, "{url}: the exporter's connection is not encrypted");
         app.stop().await;
     }
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn hardening_verify_full_with_a_wrong_ca_fails_visibly_and_never_leaks_the_password() {
-    if !tools() {
+    if !require_tool("openssl") {
         return;
     }
     let sentinel = "Tls-S3ntinel-9d2e";
     let pki = Pki::create("rex_pki");
     let impostor_ca = Pki::create("rex_pki_other");
-    let cluster = tls_cluster(&pki);
-    let db = TestDb::on_server(&cluster.admin_url(), "127.0.0.1", cluster.port, SCHEMA_BIGINT).await;
+    let Some(cluster) = tls_cluster(&pki) else { return };
+    let db = TestDb::builder().port(cluster.port).build().await;
     let url = format!(
         "postgres://postgres:{sentinel}@localhost:{}/{}?sslmode=verify-full&sslrootcert={}",
         cluster.port,
@@ -174,14 +170,13 @@ async fn hardening_verify_full_with_a_wrong_ca_fails_visibly_and_never_leaks_the
     assert!(stderr.to_lowercase().contains("certificate"), "the log names the certificate problem: {stderr}");
     seen.push_str(&stderr);
     assert!(!seen.contains(sentinel), "the password leaked:\n{seen}");
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn hardening_the_default_sslmode_prefer_falls_back_to_plain_text_and_require_refuses_it() {
-    let cluster = Cluster::create(); // no TLS at all, as an impostor or a misconfigured server
-    let db = TestDb::on_server(&cluster.admin_url(), "127.0.0.1", cluster.port, SCHEMA_BIGINT).await;
-    db.insert_many(5, "coordinator.start", None, 60).await;
+    let Some(cluster) = Cluster::create() else { return }; // no TLS at all, as an impostor or a misconfigured server
+    let db = TestDb::builder().port(cluster.port).build().await;
+    db.events().event_type("coordinator.start").count(5).within_last_secs(60).insert().await;
     // No sslmode: sqlx's `prefer` connects in plain text without a word.
     let app = spawn_app(serve_config(&url_for(&db, "127.0.0.1", cluster.port, "application_name=x"), &[])).await;
     app.ready().await;
@@ -206,7 +201,6 @@ async fn hardening_the_default_sslmode_prefer_falls_back_to_plain_text_and_requi
     .await;
     assert_eq!(app.get("/readyz").await.0, 503);
     app.stop().await;
-    db.drop_db().await;
 }
 
 /// Applies deploy/sql/role.sql with psql, as the operator would, for a role named `role`.
@@ -233,9 +227,9 @@ async fn hardening_the_shipped_read_only_role_cannot_write_even_in_a_read_write_
     if !require_tool("psql") {
         return;
     }
-    let cluster = Cluster::create(); // roles are per cluster: keep this one away from 5432
-    let db = TestDb::on_server(&cluster.admin_url(), "127.0.0.1", cluster.port, SCHEMA_BIGINT).await;
-    db.insert_many(30, "coordinator.start", None, 600).await;
+    let Some(cluster) = Cluster::create() else { return }; // roles are per cluster: keep this one away from 5432
+    let db = TestDb::builder().port(cluster.port).build().await;
+    db.events().event_type("coordinator.start").count(30).within_last_secs(600).insert().await;
     apply_role_sql(cluster.port, &db.name, "rollout_exporter");
     apply_role_sql(cluster.port, &db.name, "rollout_exporter"); // idempotent
     let role_url = format!("postgres://rollout_exporter@127.0.0.1:{}/{}", cluster.port, db.name);
@@ -272,5 +266,4 @@ async fn hardening_the_shipped_read_only_role_cannot_write_even_in_a_read_write_
     app.wait_totals_match(&db).await;
     assert_eq!(errors(&app.scrape().await).values().sum::<u64>(), 0);
     app.stop().await;
-    db.drop_db().await;
 }
