@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::tally::TallyView;
+use crate::tally::{Histogram, TallyView};
 use crate::time::UnixMicros;
 
 /// Health of the source as of a snapshot.
@@ -46,29 +46,6 @@ pub type Snapshots = watch::Receiver<Arc<Snapshot>>;
 /// Upper bounds of `rollout_exporter_poll_duration_seconds`, seconds.
 pub const POLL_BUCKETS: [f64; 14] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-
-/// A histogram's state: counts per bucket (not cumulative), the sum and the count.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Histogram {
-    /// One count per upper bound, not cumulative; empty until the first observation.
-    pub buckets: Vec<u64>,
-    pub sum: f64,
-    pub count: u64,
-}
-
-impl Histogram {
-    /// Adds one observation against `bounds` (values above the last bound count in sum and count only).
-    pub fn observe(&mut self, bounds: &[f64], v: f64) {
-        if self.buckets.len() != bounds.len() {
-            self.buckets = vec![0; bounds.len()];
-        }
-        if let Some(i) = bounds.iter().position(|b| v <= *b) {
-            self.buckets[i] += 1;
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-}
 
 /// The ingest loop's account of its own work (the `rollout_exporter_*` counters).
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -1,10 +1,11 @@
 //! The HTTP side: /metrics, /healthz, /readyz, /gate, /verdict and the landing page.
 //!
-//! Every handler is a function of [`Live::current`]; none touches the database or a lock of ours.
+//! Every handler is a function of [`Live::current`]; none touches the database or takes a lock.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -27,7 +28,8 @@ const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 struct Ctx {
     live: Live,
     registry: Arc<Registry>,
-    cache: Arc<Mutex<Option<Rendered>>>,
+    /// Swapped atomically: a scrape never waits for another.
+    cache: Arc<ArcSwapOption<Rendered>>,
 }
 
 /// The last rendering of /metrics. It is served again while the snapshot and the phase are the
@@ -53,7 +55,7 @@ pub fn router(live: Live) -> Router {
         .route("/readyz", get(readyz))
         .route("/gate", get(gate).post(gate))
         .route("/verdict", get(verdict))
-        .with_state(Ctx { live, registry, cache: Arc::new(Mutex::new(None)) })
+        .with_state(Ctx { live, registry, cache: Arc::new(ArcSwapOption::empty()) })
 }
 
 /// The router with the web configuration applied: basic auth (except on the open paths) and
@@ -80,7 +82,7 @@ pub fn router_with(live: Live, http: &HttpConfig) -> Router {
 
 async fn metrics(State(cx): State<Ctx>) -> Response {
     let (snapshot, phase) = cx.live.latest();
-    let cached = cx.cache.lock().expect("render cache lock").as_ref().and_then(|r| {
+    let cached = cx.cache.load().as_ref().and_then(|r| {
         let same = Arc::ptr_eq(&r.snapshot, &snapshot) && Arc::ptr_eq(&r.phase, &phase);
         (same && r.at.elapsed() < RENDER_REUSE).then(|| r.body.clone())
     });
@@ -88,8 +90,7 @@ async fn metrics(State(cx): State<Ctx>) -> Response {
         Some(body) => body,
         None => {
             let body = Bytes::from(super::metrics::render(&cx.registry));
-            *cx.cache.lock().expect("render cache lock") =
-                Some(Rendered { snapshot, phase, at: Instant::now(), body: body.clone() });
+            cx.cache.store(Some(Arc::new(Rendered { snapshot, phase, at: Instant::now(), body: body.clone() })));
             body
         }
     };

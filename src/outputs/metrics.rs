@@ -15,10 +15,10 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use super::{Current, Live};
 use crate::events::Malformed;
 use crate::rollout::{CriterionKind, Decision, Phase};
-use crate::snapshot::{Histogram, IngestStats, Snapshot, POLL_BUCKETS};
+use crate::snapshot::{IngestStats, Snapshot, POLL_BUCKETS};
 use crate::source::SourceError;
 use crate::tally::bookings::{OUTCOMES, OUTCOME_BUCKETS};
-use crate::tally::TallyView;
+use crate::tally::{Histogram, TallyView};
 
 /// Kinds of failed polls (bounded label values of `rollout_exporter_poll_errors_total`).
 pub const ERROR_KINDS: [&str; 5] = SourceError::KINDS;
@@ -332,8 +332,8 @@ fn tally_metrics(v: &TallyView, out: &mut Out) {
             out.sample(&MANUAL_REVIEW_RATIO, &[label], ratio(w.rows(crate::events::MANUAL_REVIEW)));
         }
     }
-    for (et, at) in &v.last_event {
-        out.sample(&LAST_EVENT, &[et], at.seconds());
+    for last in &v.last_event {
+        out.sample(&LAST_EVENT, &[&last.event_type], last.at.seconds());
     }
 }
 
@@ -386,18 +386,17 @@ fn signal_metrics(cur: &Current, out: &mut Out) {
 /// The booking state machine.
 fn booking_metrics(v: &TallyView, out: &mut Out) {
     let bk = &v.bookings;
-    for ((from, to), n) in &bk.invalid {
-        out.sample(&INVALID_TRANSITIONS, &[from, to], *n as f64);
+    for t in &bk.invalid {
+        out.sample(&INVALID_TRANSITIONS, &[t.from, t.to], t.count as f64);
     }
     out.sample(&STUCK_BOOKINGS, &[], bk.stuck as f64);
     out.sample(&TRACKED_BOOKINGS, &[], bk.tracked as f64);
     out.sample(&EVICTED_BOOKINGS, &[], bk.evicted as f64);
-    for (et, n) in &bk.without_booking {
-        out.sample(&WITHOUT_BOOKING, &[et], *n as f64);
+    for w in &bk.without_booking {
+        out.sample(&WITHOUT_BOOKING, &[&w.event_type], w.count as f64);
     }
     for (i, outcome) in OUTCOMES.iter().enumerate() {
         let h = bk.time_to_outcome.get(i).cloned().unwrap_or_default();
-        let h = Histogram { buckets: h.buckets, sum: h.sum, count: h.count };
         out.histogram(&TIME_TO_OUTCOME, &[outcome], &OUTCOME_BUCKETS, &h);
     }
 }

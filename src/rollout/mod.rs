@@ -390,9 +390,10 @@ pub fn view(tally: &TallyView, phase: &PhaseView, cfg: &RolloutConfig) -> Rollou
         },
     );
     let active_since = now.minus(cfg.active_within);
-    let active = tally.last_event.iter().any(|(et, t)| KNOWN_EVENT_TYPES.contains(&et.as_str()) && *t >= active_since);
+    let active =
+        tally.last_event.iter().any(|l| KNOWN_EVENT_TYPES.contains(&l.event_type.as_str()) && l.at >= active_since);
     let circuit_since = now.minus(cfg.circuit_hold);
-    let circuit_open = tally.last_event.iter().any(|(et, t)| et == CIRCUIT_OPEN && *t >= circuit_since);
+    let circuit_open = tally.last_event.iter().any(|l| l.event_type == CIRCUIT_OPEN && l.at >= circuit_since);
     let block = error_block(now.minute());
     let errors_sustained =
         (1..=SUSTAINED_ERROR_BLOCKS as i64).all(|k| tally.error_blocks.binary_search(&(block - k)).is_ok());

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::time::Duration;
 
+use super::Histogram;
 use crate::events::{CONFIRMED, ERROR, LOCK_CONTENTION, MANUAL_REVIEW, RETRY, START};
 
 /// Upper bounds (seconds) of the time-to-outcome histogram.
@@ -80,36 +81,30 @@ struct Booking {
     last_us: i64,
 }
 
-/// Cumulative histogram (counts per bucket, not yet cumulative; sum; count).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Hist {
-    pub buckets: Vec<u64>,
-    pub sum: f64,
+/// Booking events that broke the state machine: from a state, by an event, how many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidTransition {
+    pub from: &'static str,
+    pub to: &'static str,
     pub count: u64,
 }
 
-impl Hist {
-    fn observe(&mut self, v: f64) {
-        if self.buckets.is_empty() {
-            self.buckets = vec![0; OUTCOME_BUCKETS.len()];
-        }
-        if let Some(i) = OUTCOME_BUCKETS.iter().position(|b| v <= *b) {
-            self.buckets[i] += 1;
-        }
-        self.sum += v;
-        self.count += 1;
-    }
+/// Coordinator events of a type that carried no `booking_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithoutBooking {
+    pub event_type: String,
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct BookingsView {
-    pub invalid: Vec<((&'static str, &'static str), u64)>,
-    pub without_booking: Vec<(String, u64)>,
+    pub invalid: Vec<InvalidTransition>,
+    pub without_booking: Vec<WithoutBooking>,
     pub stuck: u64,
     pub tracked: u64,
     pub evicted: u64,
-    /// One histogram per entry of [`OUTCOMES`].
-    pub time_to_outcome: Vec<Hist>,
+    /// One histogram per entry of [`OUTCOMES`], against [`OUTCOME_BUCKETS`] (seconds).
+    pub time_to_outcome: Vec<Histogram>,
 }
 
 /// Booking ids are kept as 64-bit hashes (fixed keys, so deterministic): about 60 bytes per tracked
@@ -125,7 +120,7 @@ pub struct Bookings {
     order: VecDeque<(i64, u64)>,
     invalid: BTreeMap<(&'static str, &'static str), u64>,
     without_booking: BTreeMap<String, u64>,
-    time_to_outcome: [Hist; 3],
+    time_to_outcome: [Histogram; 3],
     evicted: u64,
     max_tracked: usize,
     stuck_after_us: i64,
@@ -176,7 +171,7 @@ impl Bookings {
                     (State::Started, Step::Progress(_)) => {}
                     (State::Started, Step::Outcome(i)) => {
                         if let Some(start) = b.started_us {
-                            self.time_to_outcome[i].observe((at_us - start).max(0) as f64 / 1e6);
+                            self.time_to_outcome[i].observe(&OUTCOME_BUCKETS, (at_us - start).max(0) as f64 / 1e6);
                         }
                         b.state = State::Outcome(i);
                     }
@@ -216,8 +211,16 @@ impl Bookings {
             .filter(|b| b.state == State::Started && b.started_us.unwrap_or(b.first_us) < now_us - self.stuck_after_us)
             .count() as u64;
         BookingsView {
-            invalid: self.invalid.iter().map(|(k, v)| (*k, *v)).collect(),
-            without_booking: self.without_booking.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            invalid: self
+                .invalid
+                .iter()
+                .map(|((from, to), count)| InvalidTransition { from, to, count: *count })
+                .collect(),
+            without_booking: self
+                .without_booking
+                .iter()
+                .map(|(et, count)| WithoutBooking { event_type: et.clone(), count: *count })
+                .collect(),
             stuck,
             tracked: self.map.len() as u64,
             evicted: self.evicted,
@@ -258,7 +261,8 @@ mod tests {
         b.observe(Some("b2"), RETRY, 2 * S);
         b.observe(Some("b2"), START, 3 * S);
         let v = b.view(4 * S);
-        assert_eq!(v.invalid, vec![(("error", "retry"), 1), (("error", "start"), 1), (("none", "confirmed"), 1)]);
+        let invalid: Vec<_> = v.invalid.iter().map(|t| ((t.from, t.to), t.count)).collect();
+        assert_eq!(invalid, vec![(("error", "retry"), 1), (("error", "start"), 1), (("none", "confirmed"), 1)]);
     }
 
     #[test]
@@ -272,6 +276,6 @@ mod tests {
         let v = b.view(S);
         assert_eq!((v.tracked, v.evicted), (2, 1));
         b.observe(None, START, S);
-        assert_eq!(b.view(S).without_booking, vec![(START.to_string(), 1)]);
+        assert_eq!(b.view(S).without_booking, vec![WithoutBooking { event_type: START.to_string(), count: 1 }]);
     }
 }

@@ -11,6 +11,7 @@
 //! judge from the same numbers.
 
 pub mod bookings;
+mod histogram;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -18,7 +19,8 @@ use crate::config::{TallyConfig, Window};
 use crate::events::{self, Group, LabelSet, Malformed, Row, KNOWN_EVENT_TYPES};
 use crate::time::{error_block, window_start_minute, UnixMicros};
 
-pub use bookings::{Bookings, BookingsView};
+pub use bookings::{Bookings, BookingsView, InvalidTransition, WithoutBooking};
+pub use histogram::Histogram;
 
 /// Rows dated further ahead than this share one "far future" bucket, so a writer with a broken clock
 /// cannot grow the bucket map; they still count in every window, as `created_at >= start` does in SQL.
@@ -64,9 +66,9 @@ pub struct Total {
 }
 
 /// The newest `created_at` of an event type label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LastEvent<'a> {
-    pub event_type: &'a str,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastEvent {
+    pub event_type: String,
     pub at: UnixMicros,
 }
 
@@ -85,8 +87,8 @@ pub struct TallyView {
     pub totals: Vec<Total>,
     /// One entry per window of the configuration, shortest first.
     pub windows: Vec<WindowView>,
-    /// (event type label, newest `created_at`), by label.
-    pub last_event: Vec<(String, UnixMicros)>,
+    /// The newest `created_at` of each event type label, by label.
+    pub last_event: Vec<LastEvent>,
     /// Every [`Malformed`] kind, in [`Malformed::ALL`] order.
     pub malformed: Vec<MalformedCount>,
     pub bookings: BookingsView,
@@ -338,7 +340,7 @@ impl Tally {
                 .map(|((e, r), n)| Total { event_type: e.clone(), reason: r.clone(), rows: *n })
                 .collect(),
             windows: self.cfg.windows.iter().map(|w| self.window_view(w)).collect(),
-            last_event: self.last_event.iter().map(|(e, t)| (e.clone(), *t)).collect(),
+            last_event: self.last_event.iter().map(|(e, t)| LastEvent { event_type: e.clone(), at: *t }).collect(),
             malformed: Malformed::ALL
                 .iter()
                 .map(|k| MalformedCount { kind: *k, rows: self.malformed.get(k).copied().unwrap_or(0) })
