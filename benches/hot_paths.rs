@@ -45,6 +45,9 @@ fn rows(n: usize, seconds: i64) -> Vec<Row> {
                 context: ContextKind::Object,
                 booking_id: Some(format!("bk-{}", i / 3)),
                 created_us: NOW_US - (seconds * 1_000_000) * (n - i) as i64 / n as i64,
+                time: rollout_exporter::events::TimeClass::Dated,
+                lossy_text: false,
+                context_not_json: false,
             }
         })
         .collect()
@@ -83,6 +86,7 @@ fn render_metrics(c: &mut Criterion) {
         soak: Window { label: "48h".into(), seconds: 172_800 },
         active_within: Duration::from_secs(600),
         circuit_hold: Duration::from_secs(300),
+        max_staleness: None,
     };
     let phase = Flags { v3: Some("true".into()), shadow: Some("false".into()), max_parallel: Some("3".into()) }.phase();
     let started_at = rollout.phase_started_at.unwrap_or(0.0);

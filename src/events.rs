@@ -46,6 +46,34 @@ impl ContextKind {
     }
 }
 
+/// Where a row's `created_at` places it in time (docs/metrics.md, "Rows the exporter cannot use
+/// as they are").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimeClass {
+    /// An ordinary instant: `created_us` holds it.
+    #[default]
+    Dated,
+    /// NULL: counted in the all-time counters, in no window (SQL's `created_at >= x` is not true).
+    Null,
+    /// `'infinity'` or past year 100000: in the all-time counters and, as SQL's `>=` has it, in
+    /// every window (the far-future bucket).
+    FarFuture,
+    /// `'-infinity'`: in the all-time counters, in no window.
+    FarPast,
+}
+
+impl TimeClass {
+    /// The class code the SQL computes (0 dated, 1 NULL, 2 far future, 3 far past).
+    pub fn from_code(code: i32) -> Self {
+        match code {
+            1 => TimeClass::Null,
+            2 => TimeClass::FarFuture,
+            3 => TimeClass::FarPast,
+            _ => TimeClass::Dated,
+        }
+    }
+}
+
 /// One row of the events table, already filtered to the configured source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -59,8 +87,14 @@ pub struct Row {
     pub context: ContextKind,
     /// `context->>'booking_id'`.
     pub booking_id: Option<String>,
-    /// `created_at` in Unix microseconds.
+    /// `created_at` in Unix microseconds (`i64::MAX` for [`TimeClass::FarFuture`], 0 for the
+    /// classes without an instant).
     pub created_us: i64,
+    pub time: TimeClass,
+    /// Some text of the row was not valid UTF-8 and was decoded with replacement characters.
+    pub lossy_text: bool,
+    /// The context column is text and did not hold JSON.
+    pub context_not_json: bool,
 }
 
 /// Rows aggregated by the source at start-up: by event type, reason, the shape of context and,
@@ -74,9 +108,14 @@ pub struct Group {
     pub context: ContextKind,
     /// Unix minute of `created_at`; None for rows older than every window.
     pub minute: Option<i64>,
+    pub time: TimeClass,
+    /// The source ranked this reason below `--reason-cap` and summed it into `other`.
+    pub folded: bool,
+    pub lossy_text: bool,
+    pub context_not_json: bool,
     pub count: u64,
-    /// Newest `created_at` in the group, Unix microseconds.
-    pub last_us: i64,
+    /// Newest `created_at` in the group, Unix microseconds (None: no dated row).
+    pub last_us: Option<i64>,
 }
 
 /// Odd data worth a counter and one log line; the row is still counted normally.
@@ -88,16 +127,26 @@ pub enum Malformed {
     ReasonEmpty,
     EventTypeNull,
     FutureDated,
+    CreatedAtNull,
+    CreatedAtOutOfRange,
+    NotUtf8,
+    ContextNotJson,
+    LabelIsMarker,
 }
 
 impl Malformed {
-    pub const ALL: [Malformed; 6] = [
+    pub const ALL: [Malformed; 11] = [
         Malformed::ContextNull,
         Malformed::ContextNotObject,
         Malformed::ReasonNotString,
         Malformed::ReasonEmpty,
         Malformed::EventTypeNull,
         Malformed::FutureDated,
+        Malformed::CreatedAtNull,
+        Malformed::CreatedAtOutOfRange,
+        Malformed::NotUtf8,
+        Malformed::ContextNotJson,
+        Malformed::LabelIsMarker,
     ];
 
     /// Bounded metric label.
@@ -109,31 +158,101 @@ impl Malformed {
             Malformed::ReasonEmpty => "reason_empty",
             Malformed::EventTypeNull => "event_type_null",
             Malformed::FutureDated => "future_dated",
+            Malformed::CreatedAtNull => "created_at_null",
+            Malformed::CreatedAtOutOfRange => "created_at_out_of_range",
+            Malformed::NotUtf8 => "not_utf8",
+            Malformed::ContextNotJson => "context_not_json",
+            Malformed::LabelIsMarker => "label_is_marker",
+        }
+    }
+
+    /// The column a kind is about, for the log line that names the row.
+    pub fn column(self) -> &'static str {
+        match self {
+            Malformed::ContextNull | Malformed::ContextNotObject | Malformed::ContextNotJson => "context",
+            Malformed::ReasonNotString | Malformed::ReasonEmpty => "context->'reason'",
+            Malformed::EventTypeNull => "event_type",
+            Malformed::FutureDated | Malformed::CreatedAtNull | Malformed::CreatedAtOutOfRange => "created_at",
+            Malformed::NotUtf8 => "event_type, context or id (text)",
+            Malformed::LabelIsMarker => "event_type or context->>'reason'",
         }
     }
 }
 
+/// What the malformed-row accounting needs to know of a row or group.
+#[derive(Debug, Clone, Copy)]
+pub struct Oddities<'a> {
+    pub event_type: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub reason_json_type: Option<&'a str>,
+    pub context: ContextKind,
+    pub time: TimeClass,
+    pub lossy_text: bool,
+    pub context_not_json: bool,
+}
+
+impl<'a> Oddities<'a> {
+    pub fn of_row(r: &'a Row) -> Self {
+        Oddities {
+            event_type: r.event_type.as_deref(),
+            reason: r.reason.as_deref(),
+            reason_json_type: r.reason_json_type.as_deref(),
+            context: r.context,
+            time: r.time,
+            lossy_text: r.lossy_text,
+            context_not_json: r.context_not_json,
+        }
+    }
+
+    pub fn of_group(g: &'a Group) -> Self {
+        Oddities {
+            event_type: g.event_type.as_deref(),
+            reason: g.reason.as_deref(),
+            reason_json_type: g.reason_json_type.as_deref(),
+            context: g.context,
+            time: g.time,
+            lossy_text: g.lossy_text,
+            context_not_json: g.context_not_json,
+        }
+    }
+}
+
+/// A real value that equals one of the exporter's own marker labels (`(null)`, `(empty)`,
+/// `other`): it is counted under that label, merged with what the marker stands for, and reported.
+fn is_marker(value: Option<&str>, markers: &[&str]) -> bool {
+    value.is_some_and(|v| markers.contains(&v))
+}
+
 /// The malformed kinds a row or group shows (future dating is judged by the caller, who knows now).
-pub fn malformed_kinds(
-    event_type: Option<&str>,
-    reason: Option<&str>,
-    reason_json_type: Option<&str>,
-    context: ContextKind,
-) -> impl Iterator<Item = Malformed> {
-    let mut kinds = [None; 4];
-    if event_type.is_none() {
+pub fn malformed_kinds(o: Oddities<'_>) -> impl Iterator<Item = Malformed> {
+    let mut kinds = [None; 8];
+    if o.event_type.is_none() {
         kinds[0] = Some(Malformed::EventTypeNull);
     }
-    match context {
+    match o.context {
         ContextKind::Null => kinds[1] = Some(Malformed::ContextNull),
-        ContextKind::NotObject => kinds[1] = Some(Malformed::ContextNotObject),
-        ContextKind::Object => {}
+        ContextKind::NotObject if !o.context_not_json => kinds[1] = Some(Malformed::ContextNotObject),
+        _ => {}
     }
-    if matches!(reason_json_type, Some(t) if t != "string" && t != "null") {
+    if matches!(o.reason_json_type, Some(t) if t != "string" && t != "null") {
         kinds[2] = Some(Malformed::ReasonNotString);
     }
-    if reason == Some("") {
+    if o.reason == Some("") {
         kinds[3] = Some(Malformed::ReasonEmpty);
+    }
+    kinds[4] = match o.time {
+        TimeClass::Null => Some(Malformed::CreatedAtNull),
+        TimeClass::FarFuture | TimeClass::FarPast => Some(Malformed::CreatedAtOutOfRange),
+        TimeClass::Dated => None,
+    };
+    if o.lossy_text {
+        kinds[5] = Some(Malformed::NotUtf8);
+    }
+    if o.context_not_json {
+        kinds[6] = Some(Malformed::ContextNotJson);
+    }
+    if is_marker(o.event_type, &[NULL_EVENT_TYPE, OTHER]) || is_marker(o.reason, &[EMPTY_REASON, OTHER]) {
+        kinds[7] = Some(Malformed::LabelIsMarker);
     }
     kinds.into_iter().flatten()
 }
@@ -245,9 +364,32 @@ mod tests {
 
     #[test]
     fn malformed_kinds_follow_postgres_semantics() {
-        let k: Vec<_> = malformed_kinds(Some(RETRY), Some("42"), Some("number"), ContextKind::Object).collect();
-        assert_eq!(k, vec![Malformed::ReasonNotString]);
-        let k: Vec<_> = malformed_kinds(None, None, None, ContextKind::NotObject).collect();
-        assert_eq!(k, vec![Malformed::EventTypeNull, Malformed::ContextNotObject]);
+        let base = Oddities {
+            event_type: Some(RETRY),
+            reason: Some("42"),
+            reason_json_type: Some("number"),
+            context: ContextKind::Object,
+            time: TimeClass::Dated,
+            lossy_text: false,
+            context_not_json: false,
+        };
+        assert_eq!(malformed_kinds(base).collect::<Vec<_>>(), vec![Malformed::ReasonNotString]);
+        let odd = Oddities {
+            event_type: None,
+            reason: None,
+            reason_json_type: None,
+            context: ContextKind::NotObject,
+            ..base
+        };
+        assert_eq!(
+            malformed_kinds(odd).collect::<Vec<_>>(),
+            vec![Malformed::EventTypeNull, Malformed::ContextNotObject]
+        );
+        let null_time =
+            Oddities { reason: Some("other"), reason_json_type: Some("string"), time: TimeClass::Null, ..base };
+        assert_eq!(
+            malformed_kinds(null_time).collect::<Vec<_>>(),
+            vec![Malformed::CreatedAtNull, Malformed::LabelIsMarker]
+        );
     }
 }

@@ -12,6 +12,7 @@ use crate::config::TallyConfig;
 use crate::snapshot::{Snapshot, POLL_BUCKETS};
 use crate::source::{Batch, Source, SourceError};
 use crate::tally::Tally;
+use crate::time::UnixMicros;
 
 /// First wait after a failed start-up load; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -47,6 +48,7 @@ impl Ingest {
         s.ready = true;
         s.health.database_up = true;
         s.health.last_success = Some(batch.now);
+        s.health.fresh_at = Some(UnixMicros::now());
         s.health.load_seconds = seconds;
         s.ingest.tracked_ids = batch.stats.tracked_ids.unwrap_or(0);
         s.tally = self.tally.view();
@@ -73,6 +75,7 @@ impl Ingest {
         }
         s.health.database_up = true;
         s.health.last_success = Some(batch.now);
+        s.health.fresh_at = Some(UnixMicros::now());
         s.tally = self.tally.view();
         self.publish();
         batch.rows.len()

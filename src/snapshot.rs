@@ -17,6 +17,9 @@ pub struct Health {
     pub last_success: Option<UnixMicros>,
     /// Wall time of the last full load, seconds.
     pub load_seconds: f64,
+    /// The exporter's own clock when the data was last known current (a successful load or poll,
+    /// less the replica's replay lag): how old the numbers are is measured from here.
+    pub fresh_at: Option<UnixMicros>,
 }
 
 /// One immutable picture of what the exporter knows.

@@ -96,9 +96,13 @@ pub struct DatabaseArgs {
     /// JSON context column (reason and booking_id are read from it).
     #[arg(long, env = "EXPORTER_CONTEXT_COLUMN", default_value = "context")]
     pub context_column: String,
-    /// Creation-time column (timestamptz).
+    /// Creation-time column (timestamptz, or timestamp without time zone: see --created-at-time-zone).
     #[arg(long, env = "EXPORTER_CREATED_AT_COLUMN", default_value = "created_at")]
     pub created_at_column: String,
+    /// Zone in which the writers of a `timestamp without time zone` created_at wrote it (e.g.
+    /// America/New_York); default: the database's or the role's TimeZone setting, else the server's.
+    #[arg(long, env = "CREATED_AT_TIME_ZONE")]
+    pub created_at_time_zone: Option<String>,
     /// Per-statement timeout, applied with SET LOCAL inside each transaction (the start-up load gets 10x).
     #[arg(long, env = "STATEMENT_TIMEOUT", default_value = "10s")]
     pub statement_timeout: String,
@@ -177,6 +181,10 @@ pub struct CommonArgs {
     /// (`--web.config.file` works too).
     #[arg(long, env = "WEB_CONFIG_FILE", alias = "web.config.file")]
     pub web_config_file: Option<PathBuf>,
+    /// The gate, /verdict and the decision gauge say `pending` instead of `go` when the last
+    /// successful poll is older than this (default: the larger of 3 poll intervals and 30s).
+    #[arg(long, env = "MAX_STALENESS")]
+    pub max_staleness: Option<String>,
     /// Paths served without basic auth when --web-config-file sets users (comma-separated).
     #[arg(long, env = "WEB_OPEN_PATHS", default_value = "/healthz,/readyz")]
     pub web_open_paths: String,
@@ -280,6 +288,8 @@ pub struct DatabaseConfig {
     pub connect_timeout: Duration,
     /// Unix microseconds; rows created before it are not counted.
     pub count_since_us: Option<i64>,
+    /// `--created-at-time-zone`, checked by the server at the first load.
+    pub created_at_time_zone: Option<String>,
 }
 
 /// A window of the window gauges: its label as written and its length.
@@ -300,6 +310,9 @@ pub struct RolloutConfig {
     pub soak: Window,
     pub active_within: Duration,
     pub circuit_hold: Duration,
+    /// The gate never says `go` from data older than this (None: the `verdict` command, whose
+    /// data is read just now).
+    pub max_staleness: Option<Duration>,
 }
 
 /// The HTTP side: where to listen, TLS and basic auth.
@@ -463,6 +476,13 @@ impl DatabaseArgs {
             statement_timeout,
             connect_timeout: positive_duration("--connect-timeout", &self.connect_timeout)?,
             count_since_us: self.count_since.as_deref().map(|s| parse_rfc3339_us("--count-since", s)).transpose()?,
+            created_at_time_zone: match self.created_at_time_zone.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(z) if z.len() <= 64 && z.chars().all(|c| c.is_ascii_alphanumeric() || "/_+-:".contains(c)) => {
+                    Some(z.to_string())
+                }
+                Some(z) => return Err(bad("--created-at-time-zone", format!("{z:?} is not a time zone name"))),
+            },
         })
     }
 }
@@ -498,6 +518,7 @@ impl RolloutArgs {
             soak,
             active_within: positive_duration("--active-within", &self.active_within)?,
             circuit_hold: positive_duration("--circuit-hold", &self.circuit_hold)?,
+            max_staleness: None,
         })
     }
 }
@@ -518,7 +539,8 @@ impl LabelArgs {
 }
 
 impl CommonArgs {
-    fn validate(&self) -> Result<(HttpConfig, TallyConfig, RolloutConfig), ConfigError> {
+    /// `default_staleness`: `--max-staleness` when not given (it depends on the poll interval).
+    fn validate(&self, default_staleness: Duration) -> Result<(HttpConfig, TallyConfig, RolloutConfig), ConfigError> {
         let listen: SocketAddr = self
             .listen
             .trim()
@@ -546,7 +568,11 @@ impl CommonArgs {
         if max_tracked_bookings == 0 {
             return Err(bad("--max-tracked-bookings", "must be greater than zero"));
         }
-        let rollout = self.rollout.validate(soak.clone())?;
+        let mut rollout = self.rollout.validate(soak.clone())?;
+        rollout.max_staleness = Some(match self.max_staleness.as_deref().map(str::trim) {
+            None | Some("") => default_staleness,
+            Some(raw) => positive_duration("--max-staleness", raw)?,
+        });
         let tally = TallyConfig {
             windows,
             soak,
@@ -579,8 +605,8 @@ impl Command {
     pub fn validate(&self) -> Result<Validated, ConfigError> {
         match self {
             Command::Serve(a) => {
-                let (http, tally, rollout) = a.common.validate()?;
                 let poll_interval = positive_duration("--poll-interval", &a.poll_interval)?;
+                let (http, tally, rollout) = a.common.validate((poll_interval * 3).max(Duration::from_secs(30)))?;
                 let overlap = parse_duration("--overlap", &a.overlap)?;
                 if overlap > Duration::from_secs(86_400) {
                     return Err(bad("--overlap", "must be at most 24h"));
@@ -602,7 +628,7 @@ impl Command {
                 }))
             }
             Command::Demo(a) => {
-                let (http, tally, rollout) = a.common.validate()?;
+                let (http, tally, rollout) = a.common.validate(Duration::from_secs(30))?;
                 let rate: u32 = parse_num("--rate", &a.rate, "a whole number")?;
                 if !(1..=10_000).contains(&rate) {
                     return Err(bad("--rate", "must be between 1 and 10000 bookings per second"));

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::RolloutConfig;
-use crate::rollout::{self, PhaseView, RolloutView};
+use crate::rollout::{self, Freshness, PhaseView, RolloutView};
 use crate::snapshot::{Snapshot, Snapshots};
+use crate::time::UnixMicros;
 
 /// What every live output reads: the latest snapshot and phase. Cheap to clone; holds no lock.
 #[derive(Debug, Clone)]
@@ -38,9 +39,14 @@ pub struct Current {
 }
 
 impl Current {
-    /// The rollout view of a snapshot and a phase: a pure function.
-    pub fn new(snapshot: Arc<Snapshot>, phase: Arc<PhaseView>, cfg: Arc<RolloutConfig>) -> Current {
-        let rollout = rollout::view(&snapshot.tally, &phase, &cfg);
+    /// The rollout view of a snapshot and a phase at the exporter's clock `now`: a pure function.
+    pub fn at(snapshot: Arc<Snapshot>, phase: Arc<PhaseView>, cfg: Arc<RolloutConfig>, now: UnixMicros) -> Current {
+        let fresh = Freshness {
+            ready: snapshot.ready,
+            database_up: snapshot.health.database_up,
+            data_age_seconds: snapshot.health.fresh_at.map(|t| ((now.0 - t.0) as f64 / 1e6).max(0.0)),
+        };
+        let rollout = rollout::view(&snapshot.tally, &phase, &cfg, &fresh);
         Current { snapshot, phase, rollout, rollout_config: cfg }
     }
 }
@@ -57,7 +63,7 @@ impl Live {
     pub fn current(&self) -> Current {
         let snapshot = self.snapshots.borrow().clone();
         let phase = self.phases.borrow().clone();
-        Current::new(snapshot, phase, self.rollout.clone())
+        Current::at(snapshot, phase, self.rollout.clone(), UnixMicros::now())
     }
 
     /// The latest snapshot and phase without judging them (for cache keys).

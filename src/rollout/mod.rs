@@ -276,6 +276,11 @@ pub struct Verdict {
     /// (negative: already below the threshold).
     pub error_budget_remaining_bookings: i64,
     pub runbook: Vec<RunbookRow>,
+    /// Why the decision is `pending`, in words (None otherwise).
+    pub pending_reason: Option<String>,
+    /// Seconds since the numbers were last known current (the live gate; 0 for the `verdict`
+    /// command, which reads them just now).
+    pub data_age_seconds: f64,
 }
 
 /// Longest run of consecutive blocks.
@@ -344,6 +349,17 @@ pub fn decide(ev: &Evidence, cx: &Context<'_>) -> Verdict {
     } else {
         Decision::NoGo
     };
+    let pending_reason = (decision == Decision::Pending).then(|| {
+        let waiting: Vec<&str> = criteria
+            .iter()
+            .filter(|c| !c.pass)
+            .map(|c| match c.name {
+                K::SoakElapsed => "too early: the soak window has not elapsed since the phase began",
+                _ => "too few coordinator.start rows in the window (min_starts)",
+            })
+            .collect();
+        waiting.join("; ")
+    });
     Verdict {
         decision,
         environment: cx.environment.to_string(),
@@ -361,6 +377,41 @@ pub fn decide(ev: &Evidence, cx: &Context<'_>) -> Verdict {
             cx.thresholds.min_success_ratio,
         ),
         runbook: ev.runbook.clone(),
+        pending_reason,
+        data_age_seconds: 0.0,
+    }
+}
+
+/// How current the live numbers are, for the fail-closed rule of [`view`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Freshness {
+    /// The first full load has finished.
+    pub ready: bool,
+    /// The last load or poll succeeded.
+    pub database_up: bool,
+    /// Seconds since the numbers were last known current (None before the first load).
+    pub data_age_seconds: Option<f64>,
+}
+
+/// The gate fails closed: before the first load, or from numbers older than `--max-staleness`,
+/// the decision is `pending` with the reason, never `go` (nor a stale `no_go`).
+fn fail_closed(verdict: &mut Verdict, f: &Freshness, max_staleness: Option<std::time::Duration>) {
+    verdict.data_age_seconds = f.data_age_seconds.unwrap_or(0.0);
+    let reason = if !f.ready {
+        Some("not ready: the first load from the database has not finished".to_string())
+    } else {
+        match (f.data_age_seconds, max_staleness) {
+            (Some(age), Some(max)) if age > max.as_secs_f64() => Some(format!(
+                "stale data: the numbers are {age:.0} s old, more than --max-staleness {} ({})",
+                humantime::format_duration(max),
+                if f.database_up { "the database answers but the data lags" } else { "the database is unreachable" }
+            )),
+            _ => None,
+        }
+    };
+    if let Some(reason) = reason {
+        verdict.decision = Decision::Pending;
+        verdict.pending_reason = Some(reason);
     }
 }
 
@@ -375,11 +426,11 @@ pub struct RolloutView {
     pub shadow_leak_events: u64,
 }
 
-/// The live rollout view of a tally view and the phase: a pure function.
-pub fn view(tally: &TallyView, phase: &PhaseView, cfg: &RolloutConfig) -> RolloutView {
+/// The live rollout view of a tally view, the phase and the data's freshness: a pure function.
+pub fn view(tally: &TallyView, phase: &PhaseView, cfg: &RolloutConfig, fresh: &Freshness) -> RolloutView {
     let now = tally.now;
     let evidence = Evidence::from_view(tally, &cfg.soak);
-    let verdict = decide(
+    let mut verdict = decide(
         &evidence,
         &Context {
             environment: &cfg.environment,
@@ -397,6 +448,7 @@ pub fn view(tally: &TallyView, phase: &PhaseView, cfg: &RolloutConfig) -> Rollou
     let block = error_block(now.minute());
     let errors_sustained =
         (1..=SUSTAINED_ERROR_BLOCKS as i64).all(|k| tally.error_blocks.binary_search(&(block - k)).is_ok());
+    fail_closed(&mut verdict, fresh, cfg.max_staleness);
     let leak_phase = matches!(phase.state.phase, Phase::Shadow | Phase::Legacy);
     RolloutView {
         phase: phase.clone(),
@@ -446,6 +498,9 @@ impl Verdict {
         let _ = writeln!(s, "| `{}` | {} |", flags::SHADOW, show(&self.flags.shadow));
         let _ = writeln!(s, "| `{}` | {} |", flags::MAX_PARALLEL, show(&self.flags.max_parallel));
         let _ = writeln!(s, "| error budget left | {} bookings |", self.error_budget_remaining_bookings);
+        if let Some(reason) = &self.pending_reason {
+            let _ = writeln!(s, "| pending because | {reason} |");
+        }
         let _ = writeln!(s, "\n### Criteria\n\n| criterion | observed | threshold | result |\n|---|---|---|---|");
         for c in &self.criteria {
             let result = if c.pass { "pass" } else { "FAIL" };

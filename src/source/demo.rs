@@ -104,6 +104,9 @@ impl DemoSource {
             context: ContextKind::Object,
             booking_id: booking.map(str::to_string),
             created_us: now.0,
+            time: crate::events::TimeClass::Dated,
+            lossy_text: false,
+            context_not_json: false,
         }
     }
 
@@ -230,8 +233,12 @@ fn spread(groups: &mut Vec<Group>, et: &str, n: u64, reasons: &[&str], minute: i
         reason_json_type: reason.map(|_| "string".to_string()),
         context: ContextKind::Object,
         minute: Some(minute),
+        time: crate::events::TimeClass::Dated,
+        folded: false,
+        lossy_text: false,
+        context_not_json: false,
         count,
-        last_us: last.0,
+        last_us: Some(last.0),
     };
     if reasons.is_empty() {
         if n > 0 {

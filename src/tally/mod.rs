@@ -16,7 +16,7 @@ mod histogram;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::config::{TallyConfig, Window};
-use crate::events::{self, Group, LabelSet, Malformed, Row, KNOWN_EVENT_TYPES};
+use crate::events::{self, Group, LabelSet, Malformed, Oddities, Row, TimeClass, KNOWN_EVENT_TYPES, OTHER};
 use crate::time::{error_block, window_start_minute, UnixMicros};
 
 pub use bookings::{Bookings, BookingsView, InvalidTransition, WithoutBooking};
@@ -166,24 +166,36 @@ impl Tally {
         window_start_minute(now, self.longest_window_seconds())
     }
 
+    /// Counts odd rows by kind; the first of each kind is logged with its id and column.
     fn note_malformed(&mut self, kind: Malformed, n: u64, example_id: Option<&str>) {
         *self.malformed.entry(kind).or_default() += n;
         if self.malformed_logged.insert(kind) {
             tracing::warn!(
                 kind = kind.label(),
-                id = example_id.unwrap_or("(aggregated at start-up)"),
-                "row with odd data counted normally; further rows of this kind are only counted \
-                 in rollout_exporter_malformed_rows_total"
+                column = kind.column(),
+                id = example_id.unwrap_or("(aggregated at start-up: see `rollout-exporter check`)"),
+                "row with odd data counted as docs/metrics.md places it; further rows of this kind \
+                 are only counted in rollout_exporter_malformed_rows_total"
             );
         }
     }
 
-    fn add_total(&mut self, raw_type: Option<&str>, raw_reason: Option<&str>, n: u64, last: UnixMicros) -> String {
-        let et = self.labels.event_type(raw_type);
-        let reason = self.labels.reason(&et, raw_reason);
+    /// Adds `n` rows to the all-time counter of their labels; `last` (a dated row's `created_at`)
+    /// moves the newest-event time. `folded`: the source already summed this reason into `other`.
+    fn add_total(
+        &mut self,
+        raw: (Option<&str>, Option<&str>),
+        folded: bool,
+        n: u64,
+        last: Option<UnixMicros>,
+    ) -> String {
+        let et = self.labels.event_type(raw.0);
+        let reason = if folded { OTHER.to_string() } else { self.labels.reason(&et, raw.1) };
         *self.totals.entry((et.clone(), reason)).or_default() += n;
-        let newest = self.last_event.entry(et.clone()).or_insert(last);
-        *newest = (*newest).max(last);
+        if let Some(last) = last {
+            let newest = self.last_event.entry(et.clone()).or_insert(last);
+            *newest = (*newest).max(last);
+        }
         et
     }
 
@@ -192,7 +204,9 @@ impl Tally {
         if started && minute < self.horizon_minute(self.now) {
             return; // older than every window
         }
-        let minute = if started && minute > self.now.minute() + FUTURE_HORIZON_MINUTES { FAR_FUTURE } else { minute };
+        let far =
+            minute == FAR_FUTURE || (started && minute > self.now.minute().saturating_add(FUTURE_HORIZON_MINUTES));
+        let minute = if far { FAR_FUTURE } else { minute };
         let idx = self.type_idx(et_label);
         let cells = self.buckets.entry(minute).or_default();
         if cells.len() <= idx {
@@ -211,6 +225,7 @@ impl Tally {
         let mut per_reason: HashMap<RawPair<'_>, u64> = HashMap::new();
         let pairs = groups
             .iter()
+            .filter(|g| !g.folded)
             .map(|g| (g.event_type.as_deref(), g.reason.as_deref(), g.count))
             .chain(rows.iter().map(|r| (r.event_type.as_deref(), r.reason.as_deref(), 1)));
         for (et, reason, n) in pairs {
@@ -234,19 +249,19 @@ impl Tally {
     pub fn fold_load(&mut self, groups: &[Group], rows: &mut [Row]) {
         self.rank_labels(groups, rows);
         for g in groups {
-            self.add_total(g.event_type.as_deref(), g.reason.as_deref(), g.count, UnixMicros(g.last_us));
-            if let Some(minute) = g.minute {
-                let et = self.labels.event_type(g.event_type.as_deref());
-                let without = if g.reason.is_none() { g.count } else { 0 };
+            let raw = (g.event_type.as_deref(), g.reason.as_deref());
+            let last = g.last_us.filter(|_| g.time == TimeClass::Dated).map(UnixMicros);
+            let et = self.add_total(raw, g.folded, g.count, last);
+            let minute = match g.time {
+                TimeClass::Dated => g.minute,
+                TimeClass::FarFuture => Some(FAR_FUTURE),
+                TimeClass::Null | TimeClass::FarPast => None,
+            };
+            if let Some(minute) = minute {
+                let without = if g.reason.is_none() && !g.folded { g.count } else { 0 };
                 self.add_bucket(&et, minute, g.count, without);
             }
-            let kinds = events::malformed_kinds(
-                g.event_type.as_deref(),
-                g.reason.as_deref(),
-                g.reason_json_type.as_deref(),
-                g.context,
-            );
-            for kind in kinds {
+            for kind in events::malformed_kinds(Oddities::of_group(g)) {
                 self.note_malformed(kind, g.count, None);
             }
         }
@@ -264,21 +279,23 @@ impl Tally {
 
     fn fold_row(&mut self, row: &Row) {
         let at = UnixMicros(row.created_us);
-        let et = self.add_total(row.event_type.as_deref(), row.reason.as_deref(), 1, at);
+        let dated = row.time == TimeClass::Dated;
+        let et = self.add_total((row.event_type.as_deref(), row.reason.as_deref()), false, 1, dated.then_some(at));
         let without = u64::from(row.reason.is_none());
-        self.add_bucket(&et, at.minute(), 1, without);
-        for kind in events::malformed_kinds(
-            row.event_type.as_deref(),
-            row.reason.as_deref(),
-            row.reason_json_type.as_deref(),
-            row.context,
-        ) {
+        match row.time {
+            TimeClass::Dated => self.add_bucket(&et, at.minute(), 1, without),
+            TimeClass::FarFuture => self.add_bucket(&et, FAR_FUTURE, 1, without),
+            TimeClass::Null | TimeClass::FarPast => {}
+        }
+        for kind in events::malformed_kinds(Oddities::of_row(row)) {
             self.note_malformed(kind, 1, Some(&row.id));
         }
-        if self.now.0 != 0 && at > self.now {
+        if dated && self.now.0 != 0 && at > self.now {
             self.note_malformed(Malformed::FutureDated, 1, Some(&row.id));
         }
-        self.bookings.observe(row.booking_id.as_deref(), &et, row.created_us);
+        if dated {
+            self.bookings.observe(row.booking_id.as_deref(), &et, row.created_us);
+        }
     }
 
     /// Moves the clock forward: drops buckets no window needs and ages the booking state.
@@ -383,6 +400,9 @@ mod tests {
             context: ContextKind::Object,
             booking_id: Some(format!("b-{id}")),
             created_us: us,
+            time: crate::events::TimeClass::Dated,
+            lossy_text: false,
+            context_not_json: false,
         }
     }
 

@@ -380,6 +380,7 @@ async fn a_scrape_right_after_a_poll_shows_the_new_snapshot() {
         soak: soak.clone(),
         active_within: Duration::from_secs(600),
         circuit_hold: Duration::from_secs(300),
+        max_staleness: None,
     };
     let (live, snapshots) = live_outputs(rollout, Flags::default().phase(), Snapshot::default());
     let router = rollout_exporter::outputs::http::router(live);
@@ -412,6 +413,9 @@ async fn a_scrape_right_after_a_poll_shows_the_new_snapshot() {
             context: ContextKind::Object,
             booking_id: None,
             created_us: now,
+            time: rollout_exporter::events::TimeClass::Dated,
+            lossy_text: false,
+            context_not_json: false,
         }];
         tally.fold_rows(&mut rows);
         snapshots.send_replace(std::sync::Arc::new(Snapshot {

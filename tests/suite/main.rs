@@ -8,6 +8,7 @@ mod faults;
 mod hardening;
 mod harness;
 mod helpers;
+mod real_tables;
 mod rollout;
 mod seam;
 mod web;

@@ -20,6 +20,7 @@ fn rollout() -> RolloutConfig {
         soak: Window { label: "48h".into(), seconds: 172_800 },
         active_within: Duration::from_secs(600),
         circuit_hold: Duration::from_secs(300),
+        max_staleness: None,
     }
 }
 

@@ -1,5 +1,5 @@
-//! Database access: connections, read-only transactions with deadlines, and the calls the
-//! follower makes (the start-up load, the polls, re-reading a range).
+//! Database access: one connection, read-only transactions with deadlines, and the calls the
+//! follower makes (the probe and the start-up load, the polls, re-reading a range).
 //!
 //! Every statement is an unnamed (non-persistent) prepared statement inside one explicit
 //! transaction with `SET LOCAL statement_timeout`, so it works through a transaction-mode pooler
@@ -7,20 +7,26 @@
 //! transactions. Every call also has a client-side deadline, because a paused pooler hangs instead
 //! of failing. Transactions are READ ONLY; the exporter never writes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row as _, Transaction};
+use futures_util::TryStreamExt;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Transaction};
 
-/// A boxed, sendable database future; boxing at the creation site keeps `Send` provable.
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, sqlx::Error>> + Send>>;
-
-use super::queries::{Queries, BIN_SECONDS, LOAD_PLANNER_HINTS, NOW_US};
+use super::decode::{self, TextLoad};
+use super::probe::{probe, Probe};
+use super::queries::{ContextColumn, Queries, Shape, BIN_SECONDS, LOAD_PLANNER_HINTS, NOW_US};
 use crate::config::DatabaseConfig;
-use crate::events::{ContextKind, Group, Row};
+use crate::events::{Group, Row};
 use crate::time::{minute_start, window_start_minute, UnixMicros, MINUTE};
+
+/// A transaction's work: it owns the connection and hands it back with the result, so a
+/// deadline can drop both, and it borrows nothing from the caller (`Send`, `'static`).
+type Work<T> = Pin<Box<dyn Future<Output = (PgConnection, Result<T, SourceError>)> + Send>>;
 
 /// Why a database call failed. `metric_label` is the bounded `kind` of
 /// `rollout_exporter_poll_errors_total`. Messages never contain the connection string.
@@ -93,8 +99,6 @@ impl From<sqlx::Error> for SourceError {
             sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
                 SourceError::Decode(e.to_string())
             }
-            // The pool retries refused or failed connects until --connect-timeout; with one
-            // connection and one user, timing out means the database could not be reached.
             sqlx::Error::PoolTimedOut => {
                 SourceError::Connect("no connection within --connect-timeout (database unreachable?)".into())
             }
@@ -107,24 +111,35 @@ impl From<sqlx::Error> for SourceError {
 }
 
 /// How a transaction starts.
+#[derive(Clone)]
 struct Setup {
     begin: &'static str,
     /// e.g. `10000ms`, bound into [`NOW_US`].
     statement_timeout: String,
+    /// The zone of a zone-less `created_at`, bound into [`NOW_US`].
+    zone: String,
+    /// `UTF8`, or `SQL_ASCII` to take raw bytes from a SQL_ASCII database.
+    client_encoding: &'static str,
 }
 
-/// A pool of one connection, rebuilt after a connection-level failure.
+/// One connection, opened when needed and dropped after a connection-level failure. A refused
+/// connection fails at once (no pool retrying until a timeout), so `database_up` follows the
+/// database within one poll.
 pub struct Db {
     options: PgConnectOptions,
-    pool: PgPool,
+    conn: Option<PgConnection>,
     cfg: DatabaseConfig,
+    /// The statements for the table as the last probe found it.
     queries: Arc<Queries>,
+    /// What the last probe found (None before the first load).
+    probe: Option<Probe>,
 }
 
 /// What the start-up load found.
 pub struct Loaded {
     pub now: UnixMicros,
-    /// Aggregates of the rows before `now - stream_back`, with the minute inside the longest window.
+    /// Aggregates of the rows before `now - stream_back` (and of the rows without an instant),
+    /// with the minute inside the longest window.
     pub groups: Vec<Group>,
     /// Rows at or after `now - stream_back`, one by one.
     pub rows: Vec<Row>,
@@ -155,17 +170,26 @@ pub struct PollPlan {
     pub rows_from: UnixMicros,
 }
 
-/// Opens a read-only transaction, sets its statement timeout and returns its database time.
-async fn begin(pool: &PgPool, setup: &Setup) -> Result<(Transaction<'static, Postgres>, UnixMicros), sqlx::Error> {
-    let mut tx = pool.begin_with(setup.begin).await?;
-    let now_us: i64 =
-        sqlx::query_scalar(NOW_US).persistent(false).bind(&setup.statement_timeout).fetch_one(&mut *tx).await?;
+/// Opens a read-only transaction, applies its settings and returns its database time.
+async fn begin<'c>(
+    conn: &'c mut PgConnection,
+    setup: &Setup,
+) -> Result<(Transaction<'c, Postgres>, UnixMicros), sqlx::Error> {
+    let mut tx = conn.begin_with(setup.begin).await?;
+    let now_us: i64 = sqlx::query_scalar(NOW_US)
+        .persistent(false)
+        .bind(&setup.statement_timeout)
+        .bind(&setup.zone)
+        .bind(setup.client_encoding)
+        .fetch_one(&mut *tx)
+        .await?;
     Ok((tx, UnixMicros(now_us)))
 }
 
 /// Runs a row query (`rows_since`, `rows_between`) with its microsecond bounds.
 async fn fetch_rows(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Transaction<'_, Postgres>,
+    q: &Queries,
     sql: &str,
     source: &str,
     bounds: &[UnixMicros],
@@ -174,55 +198,49 @@ async fn fetch_rows(
     for b in bounds {
         query = query.bind(b.0);
     }
-    query.fetch_all(&mut **tx).await?.iter().map(decode_row).collect()
+    let raw = q.shape.raw_text;
+    query.fetch_all(&mut **tx).await?.iter().map(|r| decode::row(r, raw)).collect()
 }
 
-fn decode_group(r: &PgRow) -> Result<Group, sqlx::Error> {
-    Ok(Group {
-        event_type: r.try_get(0)?,
-        reason: r.try_get(1)?,
-        reason_json_type: r.try_get(2)?,
-        context: ContextKind::from_jsonb_typeof(r.try_get::<Option<String>, _>(3)?.as_deref()),
-        minute: r.try_get::<Option<i64>, _>(4)?.map(|us| UnixMicros(us).minute()),
-        count: r.try_get::<i64, _>(5)?.max(0) as u64,
-        last_us: r.try_get::<Option<i64>, _>(6)?.unwrap_or(0),
-    })
-}
-
-fn decode_row(r: &PgRow) -> Result<Row, sqlx::Error> {
-    Ok(Row {
-        id: r.try_get::<Option<String>, _>(0)?.unwrap_or_default(),
-        event_type: r.try_get(1)?,
-        reason: r.try_get(2)?,
-        reason_json_type: r.try_get(3)?,
-        context: ContextKind::from_jsonb_typeof(r.try_get::<Option<String>, _>(4)?.as_deref()),
-        booking_id: r.try_get(5)?,
-        created_us: r.try_get(6)?,
-    })
-}
-
-fn pool_for(options: &PgConnectOptions, cfg: &DatabaseConfig) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(1)
-        .min_connections(0)
-        .acquire_timeout(cfg.connect_timeout)
-        .idle_timeout(Some(Duration::from_secs(60)))
-        .test_before_acquire(true)
-        .connect_lazy_with(options.clone())
+/// The load's aggregates: from SQL for a JSON context, summed from the row stream for a text one.
+async fn load_groups(
+    tx: &mut Transaction<'_, Postgres>,
+    q: &Queries,
+    source: &str,
+    bounds: (UnixMicros, UnixMicros),
+    reason_cap: usize,
+) -> Result<Vec<Group>, sqlx::Error> {
+    let query = sqlx::query(&q.load)
+        .persistent(false)
+        .bind(source)
+        .bind(bounds.0 .0)
+        .bind(bounds.1 .0)
+        .bind(BIN_SECONDS)
+        .bind(reason_cap as i64);
+    let raw = q.shape.raw_text;
+    if q.shape.context != ContextColumn::Text {
+        return query.fetch_all(&mut **tx).await?.iter().map(|r| decode::group(r, raw)).collect();
+    }
+    let mut sums = TextLoad::default();
+    let mut rows = query.fetch(&mut **tx);
+    while let Some(r) = rows.try_next().await? {
+        sums.add(&r, raw, bounds.1)?;
+    }
+    Ok(sums.finish(reason_cap))
 }
 
 impl Db {
-    /// Prepares a lazily connecting pool; nothing touches the network yet.
+    /// Prepares the connection options; nothing touches the network yet.
     pub fn new(cfg: DatabaseConfig) -> Result<Self, SourceError> {
         let options = PgConnectOptions::from_str(cfg.url.expose_secret())
             // Not a secret-bearing message: sqlx's URL errors name the part, not the input.
             .map_err(|e| SourceError::Connect(format!("invalid database URL {}: {e}", cfg.url.redacted())))?
             // PgBouncer refuses unknown startup parameters such as extra_float_digits.
             .extra_float_digits(None)
-            .application_name("rollout-exporter");
-        let pool = pool_for(&options, &cfg);
-        let queries = Arc::new(Queries::new(&cfg.spec, cfg.count_since_us));
-        Ok(Db { options, pool, cfg, queries })
+            .application_name("rollout-exporter")
+            .disable_statement_logging();
+        let queries = Arc::new(Queries::new(&cfg.spec, cfg.count_since_us, Shape::default()));
+        Ok(Db { options, conn: None, cfg, queries, probe: None })
     }
 
     /// The statements, for EXPLAIN in tests.
@@ -231,13 +249,12 @@ impl Db {
         &self.queries
     }
 
-    /// Drops the current connection(s) so the next call reconnects.
-    fn reset(&mut self) {
-        let old = std::mem::replace(&mut self.pool, pool_for(&self.options, &self.cfg));
-        tokio::spawn(async move { old.close().await });
+    /// What the last probe found (None before the first load).
+    pub fn probe(&self) -> Option<&Probe> {
+        self.probe.as_ref()
     }
 
-    /// How a transaction starts: read-only, its isolation, and its statement timeout.
+    /// How a transaction starts: read-only, its isolation, its statement timeout and session settings.
     fn setup(&self, timeout_factor: u32, repeatable: bool) -> Setup {
         Setup {
             begin: if repeatable {
@@ -246,95 +263,168 @@ impl Db {
                 "BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY"
             },
             statement_timeout: format!("{}ms", (self.cfg.statement_timeout * timeout_factor).as_millis().max(1)),
+            zone: self.probe.as_ref().map_or_else(|| "UTC".to_string(), |p| p.zone.name.clone()),
+            client_encoding: if self.queries.shape.raw_text { "SQL_ASCII" } else { "UTF8" },
         }
     }
 
-    /// Awaits `work` under the overall deadline; throws the connection away after a
-    /// connection-level failure or a timeout (it may be mid-protocol).
-    async fn guard<T>(&mut self, timeout_factor: u32, work: BoxFuture<T>) -> Result<T, SourceError> {
-        let deadline = self.cfg.statement_timeout * timeout_factor + self.cfg.connect_timeout + Duration::from_secs(1);
-        let result = match tokio::time::timeout(deadline, work).await {
+    async fn connect(&self) -> Result<PgConnection, SourceError> {
+        match tokio::time::timeout(self.cfg.connect_timeout, self.options.connect()).await {
             Ok(r) => r.map_err(SourceError::from),
-            Err(_) => Err(SourceError::Timeout(format!("no answer within {}", humantime::format_duration(deadline)))),
-        };
-        if let Err(e) = &result {
-            if e.poisons_connection() {
-                self.reset();
+            Err(_) => Err(SourceError::Connect(format!(
+                "no connection within --connect-timeout ({})",
+                humantime::format_duration(self.cfg.connect_timeout)
+            ))),
+        }
+    }
+
+    /// The open connection if it still answers a ping (the server may have closed it while
+    /// idle), else a new one.
+    async fn connection(&mut self) -> Result<PgConnection, SourceError> {
+        if let Some(mut conn) = self.conn.take() {
+            if let Ok(Ok(())) = tokio::time::timeout(self.cfg.connect_timeout, conn.ping()).await {
+                return Ok(conn);
             }
         }
-        result
+        self.connect().await
     }
 
-    /// What a transaction's future needs, owned, so it borrows nothing from `self`.
-    fn parts(&self, timeout_factor: u32, repeatable: bool) -> (String, PgPool, Arc<Queries>, Setup) {
-        (self.cfg.spec.source.clone(), self.pool.clone(), self.queries.clone(), self.setup(timeout_factor, repeatable))
+    /// Runs `work` on the connection under the overall deadline. A connection-level failure or a
+    /// timeout drops the connection (it may be mid-protocol); the next call reconnects.
+    async fn run<T: Send + 'static>(
+        &mut self,
+        timeout_factor: u32,
+        work: impl FnOnce(PgConnection) -> Work<T>,
+    ) -> Result<T, SourceError> {
+        let deadline = self.cfg.statement_timeout * timeout_factor + self.cfg.connect_timeout + Duration::from_secs(1);
+        let conn = self.connection().await?;
+        match tokio::time::timeout(deadline, work(conn)).await {
+            Ok((conn, r)) => {
+                if !matches!(&r, Err(e) if e.poisons_connection()) {
+                    self.conn = Some(conn);
+                }
+                r
+            }
+            Err(_) => Err(SourceError::Timeout(format!("no answer within {}", humantime::format_duration(deadline)))),
+        }
     }
 
-    /// The start-up load, in one REPEATABLE READ snapshot: aggregates for rows older than
-    /// `now - stream_back`, rows one by one from there on (they seed the overlap de-duplication and
-    /// the booking state machine). `longest_window` (seconds) bounds the minutes returned.
-    pub async fn load(&mut self, stream_back: Duration, longest_window: u64) -> Result<Loaded, SourceError> {
-        let (source, pool, q, setup) = self.parts(10, true);
-        let work: BoxFuture<_> = Box::pin(async move {
-            let (mut tx, now) = begin(&pool, &setup).await?;
-            let stream_from = now.minus(stream_back);
-            let horizon = minute_start(window_start_minute(now, longest_window));
-            sqlx::query(LOAD_PLANNER_HINTS).persistent(false).execute(&mut *tx).await?;
-            let groups = sqlx::query(&q.load)
-                .persistent(false)
-                .bind(&source)
-                .bind(stream_from.0)
-                .bind(horizon.0)
-                .bind(BIN_SECONDS)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(decode_group)
-                .collect::<Result<Vec<_>, _>>()?;
-            let rows = fetch_rows(&mut tx, &q.rows_since, &source, &[stream_from]).await?;
-            tx.commit().await?;
-            Ok(Loaded { now, groups, rows })
-        });
-        self.guard(10, work).await
+    /// The start-up load, in one REPEATABLE READ snapshot: first the probe (the table's shape, the
+    /// zone, the role's access: an error says what to fix), then aggregates for rows older than
+    /// `now - stream_back` and for rows without an instant, and rows one by one from there on
+    /// (they seed the overlap de-duplication and the booking state machine). `longest_window`
+    /// (seconds) bounds the minutes returned; `reason_cap` the reasons returned by name.
+    pub async fn load(
+        &mut self,
+        stream_back: Duration,
+        longest_window: u64,
+        reason_cap: usize,
+    ) -> Result<Loaded, SourceError> {
+        let setup = self.setup(10, true);
+        let cfg = self.cfg.clone();
+        let (loaded, probe, queries) = self
+            .run(10, move |mut conn| {
+                Box::pin(async move {
+                    let r = load_in(&mut conn, setup, cfg, stream_back, longest_window, reason_cap).await;
+                    (conn, r)
+                })
+            })
+            .await?;
+        self.probe = Some(probe);
+        self.queries = queries;
+        Ok(loaded)
     }
 
     /// One poll, in one REPEATABLE READ snapshot: the database time, the rows per minute of the
-    /// checked range, and the rows from `plan.rows_from_us` on.
+    /// checked range, and the rows from `plan.rows_from` on.
     pub async fn poll(&mut self, plan: PollPlan) -> Result<Polled, SourceError> {
-        let (source, pool, q, setup) = self.parts(1, true);
-        let work: BoxFuture<_> = Box::pin(async move {
-            let (mut tx, now) = begin(&pool, &setup).await?;
-            let counts = if plan.count_from < plan.count_to {
-                sqlx::query_as::<_, (i64, i64)>(&q.minute_counts)
-                    .persistent(false)
-                    .bind(&source)
-                    .bind(plan.count_from.0)
-                    .bind(plan.count_to.0)
-                    .bind(BIN_SECONDS)
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .into_iter()
-                    .map(|(m, n)| MinuteCount { minute: m.div_euclid(MINUTE), rows: n.max(0) as u64 })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let rows = fetch_rows(&mut tx, &q.rows_since, &source, &[plan.rows_from]).await?;
-            tx.commit().await?;
-            Ok(Polled { now, counts, rows })
-        });
-        self.guard(1, work).await
+        let (source, q, setup) = (self.cfg.spec.source.clone(), self.queries.clone(), self.setup(1, true));
+        self.run(1, move |mut conn| {
+            Box::pin(async move {
+                let r = async {
+                    let (mut tx, now) = begin(&mut conn, &setup).await?;
+                    let counts = if plan.count_from < plan.count_to {
+                        sqlx::query_as::<_, (i64, i64)>(&q.minute_counts)
+                            .persistent(false)
+                            .bind(&source)
+                            .bind(plan.count_from.0)
+                            .bind(plan.count_to.0)
+                            .bind(BIN_SECONDS)
+                            .fetch_all(&mut *tx)
+                            .await?
+                            .into_iter()
+                            .map(|(m, n)| MinuteCount { minute: m.div_euclid(MINUTE), rows: n.max(0) as u64 })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let rows = fetch_rows(&mut tx, &q, &q.rows_since, &source, &[plan.rows_from]).await?;
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(Polled { now, counts, rows })
+                }
+                .await
+                .map_err(SourceError::from);
+                (conn, r)
+            })
+        })
+        .await
     }
 
-    /// The rows of `[from_us, to_us)`, for minutes whose count says something was missed.
+    /// The rows of `[from, to)`, for minutes whose count says something was missed.
     pub async fn rows_between(&mut self, from: UnixMicros, to: UnixMicros) -> Result<Vec<Row>, SourceError> {
-        let (source, pool, q, setup) = self.parts(1, false);
-        let work: BoxFuture<_> = Box::pin(async move {
-            let (mut tx, _now) = begin(&pool, &setup).await?;
-            let rows = fetch_rows(&mut tx, &q.rows_between, &source, &[from, to]).await?;
-            tx.commit().await?;
-            Ok(rows)
-        });
-        self.guard(1, work).await
+        let (source, q, setup) = (self.cfg.spec.source.clone(), self.queries.clone(), self.setup(1, false));
+        self.run(1, move |mut conn| {
+            Box::pin(async move {
+                let r = async {
+                    let (mut tx, _now) = begin(&mut conn, &setup).await?;
+                    let rows = fetch_rows(&mut tx, &q, &q.rows_between, &source, &[from, to]).await?;
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(rows)
+                }
+                .await
+                .map_err(SourceError::from);
+                (conn, r)
+            })
+        })
+        .await
     }
+}
+
+/// The load's transaction: probe, settings, aggregates, recent rows.
+async fn load_in(
+    conn: &mut PgConnection,
+    mut setup: Setup,
+    cfg: DatabaseConfig,
+    stream_back: Duration,
+    longest_window: u64,
+    reason_cap: usize,
+) -> Result<(Loaded, Probe, Arc<Queries>), SourceError> {
+    let (mut tx, now) = begin(conn, &setup).await?;
+    let found = probe(&mut tx, &cfg.spec, cfg.created_at_time_zone.as_deref()).await?;
+    let shape = found.shape(&cfg.spec)?;
+    let q = Arc::new(Queries::new(&cfg.spec, cfg.count_since_us, shape));
+    setup.zone = found.zone.name.clone();
+    setup.client_encoding = if q.shape.raw_text { "SQL_ASCII" } else { "UTF8" };
+    sqlx::query("SELECT set_config('TimeZone', $1, true), set_config('client_encoding', $2, true)")
+        .persistent(false)
+        .bind(&setup.zone)
+        .bind(setup.client_encoding)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match SourceError::from(e) {
+            SourceError::Query(m) => {
+                SourceError::Schema(format!("time zone {:?} ({}): {m}", setup.zone, found.zone.source))
+            }
+            other => other,
+        })?;
+    let stream_from = now.minus(stream_back);
+    let horizon = minute_start(window_start_minute(now, longest_window));
+    sqlx::query(LOAD_PLANNER_HINTS).persistent(false).execute(&mut *tx).await?;
+    let groups = load_groups(&mut tx, &q, &cfg.spec.source, (stream_from, horizon), reason_cap).await?;
+    let rows = fetch_rows(&mut tx, &q, &q.rows_since, &cfg.spec.source, &[stream_from]).await?;
+    tx.commit().await?;
+    if found.zone.source != "default" && q.shape.timestamp_without_zone {
+        tracing::info!(zone = %found.zone.name, from = found.zone.source, "created_at has no time zone: read in this zone");
+    }
+    Ok((Loaded { now, groups, rows }, found, q))
 }

@@ -111,6 +111,9 @@ mod tests {
             context: ContextKind::Null,
             booking_id: None,
             created_us: us,
+            time: crate::events::TimeClass::Dated,
+            lossy_text: false,
+            context_not_json: false,
         }
     }
 

@@ -13,7 +13,9 @@
 //! reaches back `--reconcile-window`, which catches writers whose transactions outlived the overlap.
 
 pub mod db;
+mod decode;
 pub mod dedup;
+pub mod probe;
 pub mod queries;
 
 use std::time::{Duration, Instant};
@@ -40,6 +42,8 @@ pub struct FollowConfig {
     pub stream_back: Duration,
     /// Seconds of the longest window: the start-up aggregates carry minutes this far back.
     pub longest_window: u64,
+    /// `--reason-cap`: the load returns this many reasons per event type by name.
+    pub reason_cap: usize,
 }
 
 impl FollowConfig {
@@ -52,6 +56,7 @@ impl FollowConfig {
             reconcile_window: cfg.reconcile_window,
             stream_back: cfg.overlap.max(cfg.reconcile_window).max(cfg.tally.stuck_after * 2),
             longest_window: cfg.tally.windows.iter().map(|w| w.seconds).max().unwrap_or(0),
+            reason_cap: cfg.tally.reason_cap,
         }
     }
 
@@ -65,6 +70,7 @@ impl FollowConfig {
             reconcile_window: Duration::ZERO,
             stream_back: Duration::ZERO,
             longest_window: cfg.rollout.soak.seconds,
+            reason_cap: cfg.tally.reason_cap,
         }
     }
 }
@@ -92,7 +98,7 @@ impl PgSource {
     }
 
     async fn load_batch(&mut self) -> Result<Batch, SourceError> {
-        let loaded = self.db.load(self.cfg.stream_back, self.cfg.longest_window).await?;
+        let loaded = self.db.load(self.cfg.stream_back, self.cfg.longest_window, self.cfg.reason_cap).await?;
         let mut seen = Seen::complete_from(loaded.now.minus(self.cfg.stream_back).0);
         for r in &loaded.rows {
             seen.insert(r);

@@ -1,5 +1,8 @@
 //! The SQL. Identifiers are validated and quoted in config and spliced in once; every value,
-//! including the bucket width ([`MINUTE`]), is bound as a parameter.
+//! including the bucket width ([`MINUTE`]), is bound as a parameter. The statements are built for
+//! the table as the start-up probe found it ([`Shape`]): no statement casts a whole column to a
+//! type a single row's value could fail (a text context to jsonb, an enum compared with text, an
+//! infinite timestamp to an integer), so one bad value cannot abort a load or a poll.
 
 use crate::config::TableSpec;
 use crate::time::{MINUTE, US_PER_SECOND};
@@ -10,10 +13,56 @@ const BIN_4: &str = "make_interval(secs => $4::float8)";
 /// The bucket width bound into `$4` of the load and the minute counts, seconds.
 pub(super) const BIN_SECONDS: f64 = (MINUTE / US_PER_SECOND) as f64;
 
-/// The SQL, with the configured identifiers spliced in once (they are validated and quoted in
-/// config; values are always bound).
+/// Instants from here on are "far future" (year 100000: still exact in int8 microseconds).
+const FAR_FUTURE: &str = "'100000-01-01 00:00:00+00'";
+
+/// How the source column is compared with `--source` (bound as text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceMatch {
+    /// A text column: `source = $1` (the index serves it).
+    Text,
+    /// An enum that has the value: `source = $1::text::<enum>` (the index serves it).
+    Enum(String),
+    /// Anything else, or an enum without the value: `source::text = $1` (no row can match an enum
+    /// without the value; `check` says so).
+    AsText,
+}
+
+/// The type of the context column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextColumn {
+    Jsonb,
+    Json,
+    /// Text (or another type read as text): parsed tolerantly in Rust, row by row.
+    Text,
+}
+
+/// What the statements must know of the table and the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub source: SourceMatch,
+    pub context: ContextColumn,
+    /// `created_at` is `timestamp without time zone`: read in the writers' zone (SET LOCAL TimeZone).
+    pub timestamp_without_zone: bool,
+    /// The server encoding is SQL_ASCII: text goes out as raw bytes and is decoded lossily.
+    pub raw_text: bool,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Shape {
+            source: SourceMatch::Text,
+            context: ContextColumn::Jsonb,
+            timestamp_without_zone: false,
+            raw_text: false,
+        }
+    }
+}
+
+/// The SQL for one table shape.
 #[derive(Debug, Clone)]
 pub struct Queries {
+    pub(super) shape: Shape,
     pub(super) load: String,
     pub(super) rows_since: String,
     pub(super) rows_between: String,
@@ -25,57 +74,188 @@ fn ts(param: &str) -> String {
     format!("(timestamptz 'epoch' + ({param})::int8 * interval '1 microsecond')")
 }
 
-/// `created_at` as exact Unix microseconds (extract returns numeric on PostgreSQL 14+).
+/// A timestamptz as exact Unix microseconds (extract returns numeric on PostgreSQL 14+).
 fn us(col: &str) -> String {
     format!("(extract(epoch FROM {col}) * 1000000)::int8")
 }
 
-impl Queries {
-    pub fn new(spec: &TableSpec, count_since_us: Option<i64>) -> Self {
-        let TableSpec { table, id, source_column: src, event_type: et, context: ctx, created_at: ca, .. } = spec;
-        let since = match count_since_us {
-            Some(v) => format!(" AND {ca} >= {}", ts(&v.to_string())),
+/// Builds the expressions of one shape.
+struct Sql<'a> {
+    spec: &'a TableSpec,
+    shape: &'a Shape,
+}
+
+impl Sql<'_> {
+    /// A text value as it goes out: raw bytes in a SQL_ASCII database.
+    fn out(&self, e: &str) -> String {
+        if self.shape.raw_text {
+            format!("textsend({e})")
+        } else {
+            e.to_string()
+        }
+    }
+
+    fn source_is_param(&self) -> String {
+        let src = &self.spec.source_column;
+        match &self.shape.source {
+            SourceMatch::Text => format!("{src} = $1"),
+            SourceMatch::Enum(t) => format!("{src} = $1::text::{t}"),
+            SourceMatch::AsText => format!("{src}::text = $1"),
+        }
+    }
+
+    /// `created_at` as a timestamptz (a zone-less column in the session zone the load sets).
+    fn created(&self) -> String {
+        let ca = &self.spec.created_at;
+        if self.shape.timestamp_without_zone {
+            format!("{ca}::timestamptz")
+        } else {
+            ca.clone()
+        }
+    }
+
+    /// `created_at <op> bound`, with the bound converted to the column's type so the index serves it.
+    fn compare(&self, op: &str, bound: &str) -> String {
+        let ca = &self.spec.created_at;
+        if self.shape.timestamp_without_zone {
+            format!("{ca} {op} ({bound})::timestamp")
+        } else {
+            format!("{ca} {op} {bound}")
+        }
+    }
+
+    /// 0 dated, 1 NULL, 2 far future (incl. infinity), 3 -infinity.
+    fn time_class(&self) -> String {
+        let ca = &self.spec.created_at;
+        format!(
+            "(CASE WHEN {ca} IS NULL THEN 1 WHEN {ca} = '-infinity' THEN 3 WHEN {c} >= timestamptz {FAR_FUTURE} THEN 2 ELSE 0 END)",
+            c = self.created()
+        )
+    }
+
+    /// `created_at` in microseconds for dated rows, `i64::MAX` for far-future ones, else NULL.
+    fn created_us(&self) -> String {
+        format!(
+            "(CASE {class} WHEN 0 THEN {us} WHEN 2 THEN 9223372036854775807 END)",
+            class = self.time_class(),
+            us = us(&self.created())
+        )
+    }
+
+    fn since(&self, count_since_us: Option<i64>) -> String {
+        match count_since_us {
+            Some(v) => format!(" AND {}", self.compare(">=", &ts(&v.to_string()))),
             None => String::new(),
+        }
+    }
+
+    /// The JSON functions of the context column's type.
+    fn typeof_fn(&self) -> &'static str {
+        if self.shape.context == ContextColumn::Json {
+            "json_typeof"
+        } else {
+            "jsonb_typeof"
+        }
+    }
+
+    /// The row columns: id, event type, then either (reason, reason type, context type, booking
+    /// id) from JSON or the raw context text, then the time class and microseconds.
+    fn row_columns(&self) -> String {
+        let TableSpec { id, event_type: et, context: ctx, .. } = self.spec;
+        let context = if self.shape.context == ContextColumn::Text {
+            format!("NULL::text, NULL::text, NULL::text, NULL::text, {}", self.out(&format!("{ctx}::text")))
+        } else {
+            let t = self.typeof_fn();
+            format!(
+                "{reason}, {t}({ctx} -> 'reason'), {t}({ctx}), {booking}, NULL::text",
+                reason = self.out(&format!("({ctx} ->> 'reason')")),
+                booking = self.out(&format!("({ctx} ->> 'booking_id')")),
+            )
         };
-        let ca_us = us(ca);
-        let ts2 = ts("$2");
-        let ts3 = ts("$3");
-        let reason = format!("{ctx}::jsonb ->> 'reason'");
+        format!(
+            "{idt}, {ett}, {context}, {class}::int4, {cus}",
+            idt = self.out(&format!("{id}::text")),
+            ett = self.out(&format!("{et}::text")),
+            class = self.time_class(),
+            cus = self.created_us(),
+        )
+    }
+
+    /// The start-up load for a JSON context column, in ONE scan with plain GROUP BYs (which
+    /// PostgreSQL can run as parallel hash aggregates; GROUPING SETS cannot), for rows older than
+    /// the part streamed row by row ($2) and rows without an instant: by event type, reason (cut at
+    /// 101 characters: labels keep 100), the shape of context, the time class and, for rows of the
+    /// longest window (from $3), the minute. Reasons are ranked per event type in SQL and only the
+    /// top `$5` (`--reason-cap`) come out by name; the rest come out summed as `folded`, so memory
+    /// is bounded by the caps, not by distinct reason texts. `date_bin` keeps the minute arithmetic
+    /// on timestamps and independent of the session time zone.
+    fn load(&self, since: &str) -> String {
+        let TableSpec { table, event_type: et, context: ctx, .. } = self.spec;
+        let t = self.typeof_fn();
+        format!(
+            "WITH g AS (\
+               SELECT et, left(r #>> '{{}}', 101) AS reason, {t}(r) AS reason_type, ct, class, \
+                      CASE WHEN class = 0 AND ca >= {ts3} THEN date_bin({BIN_4}, ca, timestamptz 'epoch') END AS minute, \
+                      count(*)::int8 AS n, max(ca) FILTER (WHERE class = 0) AS last \
+               FROM (SELECT {et}::text AS et, {ctx} -> 'reason' AS r, {t}({ctx}) AS ct, {ca} AS ca, {class} AS class \
+                     FROM {table} WHERE {src} AND ({raw_ca} IS NULL OR {before}){since}) AS rows \
+               GROUP BY 1, 2, 3, 4, 5, 6), \
+             totals AS (SELECT g.*, sum(n) OVER (PARTITION BY et, reason) AS total FROM g), \
+             ranked AS (SELECT totals.*, dense_rank() OVER (PARTITION BY et \
+                          ORDER BY total DESC, reason COLLATE \"C\" NULLS FIRST) AS rk FROM totals), \
+             capped AS (SELECT et, CASE WHEN rk <= $5 OR reason = '' THEN reason END AS reason, reason_type, ct, \
+                               class, minute, n, last, rk > $5 AS folded FROM ranked) \
+             SELECT {et_out}, {reason_out}, reason_type, ct, class, {minute_us}, sum(n)::int8, {last_us}, folded \
+             FROM capped GROUP BY et, reason, reason_type, ct, class, minute, folded",
+            ca = self.created(),
+            raw_ca = self.spec.created_at,
+            class = self.time_class(),
+            src = self.source_is_param(),
+            before = self.compare("<", &ts("$2")),
+            ts3 = ts("$3"),
+            et_out = self.out("et"),
+            reason_out = self.out("reason"),
+            minute_us = us("minute"),
+            last_us = us("max(last)"),
+        )
+    }
+
+    /// The start-up load for a text context column: the rows before $2 (and those without an
+    /// instant) one by one, parsed and summed in Rust as they stream ($3 to $5 are unused).
+    fn load_text(&self, since: &str) -> String {
+        let TableSpec { table, event_type: et, context: ctx, .. } = self.spec;
+        format!(
+            "SELECT {ett}, {ctxt}, {class}::int4, {cus}, $3::int8, $4::float8, $5::int8 \
+             FROM {table} WHERE {src} AND ({raw_ca} IS NULL OR {before}){since}",
+            ett = self.out(&format!("{et}::text")),
+            ctxt = self.out(&format!("{ctx}::text")),
+            class = self.time_class(),
+            cus = self.created_us(),
+            raw_ca = self.spec.created_at,
+            src = self.source_is_param(),
+            before = self.compare("<", &ts("$2")),
+        )
+    }
+}
+
+impl Queries {
+    /// The statements for a table of `shape`.
+    pub fn new(spec: &TableSpec, count_since_us: Option<i64>, shape: Shape) -> Self {
+        let sql = Sql { spec, shape: &shape };
+        let TableSpec { table, created_at: ca, .. } = spec;
+        let since = sql.since(count_since_us);
+        let src = sql.source_is_param();
+        let columns = sql.row_columns();
+        let (from2, to3) = (sql.compare(">=", &ts("$2")), sql.compare("<", &ts("$3")));
         Queries {
-            // The start-up load in ONE scan with one plain GROUP BY (which PostgreSQL can run as
-            // a parallel hash aggregate; GROUPING SETS cannot), for rows older than the part
-            // streamed row by row ($2): by event type, reason, the shape of context and, for rows
-            // of the longest window (from $3), the minute. The all-time counters and the
-            // per-minute buckets are both sums of these groups. `date_bin` keeps the minute
-            // arithmetic on timestamps (no numeric per row) and independent of the session time
-            // zone; `r #>> '{}'` is `context->>'reason'` from the already extracted value.
-            load: format!(
-                "SELECT et, reason, reason_type, context_type, {minute_us}, n, {max_us} \
-                 FROM (SELECT et, r #>> '{{}}' AS reason, jsonb_typeof(r) AS reason_type, ct AS context_type, \
-                              CASE WHEN ca >= {ts3} THEN date_bin({bin}, ca, timestamptz 'epoch') END AS minute, \
-                              count(*)::int8 AS n, max(ca) AS last \
-                       FROM (SELECT {et}::text AS et, {ctx}::jsonb -> 'reason' AS r, jsonb_typeof({ctx}::jsonb) AS ct, \
-                                    {ca} AS ca \
-                             FROM {table} WHERE {src} = $1 AND {ca} < {ts2}{since}) AS rows \
-                       GROUP BY 1, 2, 3, 4, 5) AS groups",
-                max_us = us("last"),
-                minute_us = us("minute"),
-                bin = BIN_4,
-            ),
+            load: if shape.context == ContextColumn::Text { sql.load_text(&since) } else { sql.load(&since) },
             // New rows: an index range scan on (source, created_at) from $2; cost proportional to
-            // the rows in that range.
-            rows_since: format!(
-                "SELECT {id}::text, {et}::text, {reason}, \
-                 jsonb_typeof({ctx}::jsonb -> 'reason'), jsonb_typeof({ctx}::jsonb), \
-                 {ctx}::jsonb ->> 'booking_id', {ca_us} \
-                 FROM {table} WHERE {src} = $1 AND {ca} >= {ts2}{since} ORDER BY {ca}"
-            ),
+            // the rows in that range (rows dated in the far future come back every poll and are
+            // skipped as already counted).
+            rows_since: format!("SELECT {columns} FROM {table} WHERE {src} AND {from2}{since} ORDER BY {ca}"),
             // The rows of [$2, $3), for reconciliation.
             rows_between: format!(
-                "SELECT {id}::text, {et}::text, {reason}, \
-                 jsonb_typeof({ctx}::jsonb -> 'reason'), jsonb_typeof({ctx}::jsonb), \
-                 {ctx}::jsonb ->> 'booking_id', {ca_us} \
-                 FROM {table} WHERE {src} = $1 AND {ca} >= {ts2} AND {ca} < {ts3}{since} ORDER BY {ca}"
+                "SELECT {columns} FROM {table} WHERE {src} AND {from2} AND {to3}{since} ORDER BY {ca}"
             ),
             // Rows per minute in [$2, $3): an index-only range scan, no row is transferred. It tells
             // whether the overlap or an older minute holds rows the exporter has not counted.
@@ -83,12 +263,12 @@ impl Queries {
             // `extract(epoch)` on every entry made this count 5x slower (7.8 ms -> 1.6 ms on 5,242
             // overlap rows, docs/benchmarks.md).
             minute_counts: format!(
-                "SELECT {m_us}, n FROM (SELECT date_bin({bin}, {ca}, timestamptz 'epoch') AS m, \
-                 count(*)::int8 AS n FROM {table} \
-                 WHERE {src} = $1 AND {ca} >= {ts2} AND {ca} < {ts3}{since} GROUP BY 1) AS per_minute",
+                "SELECT {m_us}, n FROM (SELECT date_bin({BIN_4}, {c}, timestamptz 'epoch') AS m, \
+                 count(*)::int8 AS n FROM {table} WHERE {src} AND {from2} AND {to3}{since} GROUP BY 1) AS per_minute",
                 m_us = us("m"),
-                bin = BIN_4,
+                c = sql.created(),
             ),
+            shape,
         }
     }
 
@@ -99,11 +279,15 @@ impl Queries {
     }
 }
 
-/// First statement of every transaction: sets the statement timeout for this transaction only
-/// (`set_config(..., true)` is `SET LOCAL`, which survives transaction pooling where a session `SET`
-/// does not) and returns the transaction's database time in exact Unix microseconds.
-pub(super) const NOW_US: &str =
-    "SELECT (extract(epoch FROM now()) * 1000000)::int8 FROM (SELECT set_config('statement_timeout', $1, true)) AS timeout";
+/// First statement of every transaction: sets the statement timeout ($1), the time zone the
+/// writers of a zone-less `created_at` used ($2) and the client encoding ($3, `SQL_ASCII` to take
+/// raw bytes from a SQL_ASCII database) for this transaction only (`set_config(..., true)` is
+/// `SET LOCAL`, which survives transaction pooling where a session `SET` does not; nothing depends
+/// on the session's own zone), and returns the transaction's database time in exact Unix
+/// microseconds.
+pub(super) const NOW_US: &str = "SELECT (extract(epoch FROM now()) * 1000000)::int8 FROM (SELECT \
+     set_config('statement_timeout', $1, true), set_config('TimeZone', $2, true), \
+     set_config('client_encoding', $3, true)) AS settings";
 
 /// Planner settings for the start-up load's transaction only (`set_config(..., true)` is
 /// `SET LOCAL`). PostgreSQL cannot estimate how many distinct values the JSON expressions take, so

@@ -86,6 +86,9 @@ fn make_row(i: usize, (et, reason, offset, booking): &RawRow, now: i64) -> Row {
         context: ContextKind::Object,
         booking_id: booking.map(|b| format!("b{b}")),
         created_us: now + offset,
+        time: rollout_exporter::events::TimeClass::Dated,
+        lossy_text: false,
+        context_not_json: false,
     }
 }
 
@@ -167,6 +170,7 @@ fn rollout_config() -> RolloutConfig {
         soak: Window { label: "48h".into(), seconds: SOAK },
         active_within: Duration::from_secs(600),
         circuit_hold: Duration::from_secs(300),
+        max_staleness: None,
     }
 }
 

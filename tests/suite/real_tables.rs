@@ -1,0 +1,332 @@
+//! Tables shaped like real deployments (the kinds of ../shared/cases/field/): every row counted
+//! where docs/metrics.md places it or named as malformed, against the SQL truth.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// `events_total` summed per event type label.
+fn per_type(s: &Scrape) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for ((et, _), n) in s.totals() {
+        *out.entry(et).or_default() += n;
+    }
+    out
+}
+
+fn malformed(s: &Scrape, kind: &str) -> f64 {
+    s.value("rollout_exporter_malformed_rows_total", &[("kind", kind)])
+}
+
+/// Waits until the scrape satisfies `check` (20 s at most); returns it.
+async fn wait_scrape(app: &TestApp, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+    wait_for(what, Duration::from_secs(20), || async {
+        let s = app.scrape().await;
+        check(&s).then_some(s)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_timestamp_without_time_zone_is_read_in_the_databases_zone_and_new_rows_are_polled() {
+    let db = TestDb::builder()
+        .schema(
+            "CREATE TABLE observability_events (id bigserial PRIMARY KEY, source text NOT NULL, event_type text,
+               context jsonb, created_at timestamp without time zone NOT NULL DEFAULT now())",
+        )
+        .build()
+        .await;
+    sqlx::raw_sql(&format!("ALTER DATABASE {} SET timezone = 'America/New_York'", db.name))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // The writers and the SQL truth go through psql, which sends no TimeZone: the database's applies.
+    let psql = |sql: &str| {
+        run_ok(Command::new("psql").args([
+            "-X",
+            "-Atq",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            &db.name,
+            "-c",
+            sql,
+        ]))
+    };
+    assert_eq!(psql("SHOW timezone").trim(), "America/New_York");
+    psql(
+        "INSERT INTO observability_events (source, event_type, context, created_at)
+         SELECT 'assignment.coordinator', e, jsonb_build_object('booking_id', 'b' || g), now() - (g * 15 || ' seconds')::interval
+         FROM generate_series(1, 100) g, unnest(ARRAY['coordinator.start', 'coordinator.confirmed']) e",
+    );
+    let app = spawn_app(serve_config(&db.url, &["--windows", "1h"])).await;
+    app.ready().await;
+    psql(
+        "INSERT INTO observability_events (source, event_type, context)
+         SELECT 'assignment.coordinator', 'coordinator.start', jsonb_build_object('booking_id', 'n' || g) FROM generate_series(1, 50) g",
+    );
+    // The runbook's SQL in the writers' (New York) session.
+    let sql_1h: i64 = psql(
+        "SELECT count(*) FROM observability_events WHERE event_type = 'coordinator.start' AND created_at >= now() - interval '1 hour'",
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    assert_eq!(sql_1h, 150);
+    let s = wait_scrape(&app, "the 50 new starts polled", |s| per_type(s).get("coordinator.start") == Some(&150)).await;
+    assert_eq!(
+        s.value("assignment_coordinator_window_events", &[("window", "1h"), ("event_type", "coordinator.start")]),
+        150.0
+    );
+    assert_eq!(s.value("assignment_coordinator_active", &[]), 1.0);
+    assert_eq!(malformed(&s, "future_dated"), 0.0);
+    // --created-at-time-zone overrides: read as UTC, the rows are 5 hours old (none in the last hour).
+    let utc = spawn_app(serve_config(&db.url, &["--windows", "1h", "--created-at-time-zone", "UTC"])).await;
+    utc.ready().await;
+    let s = utc.scrape().await;
+    assert_eq!(
+        s.value("assignment_coordinator_window_events", &[("window", "1h"), ("event_type", "coordinator.start")]),
+        0.0
+    );
+    utc.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn null_and_infinite_created_at_are_counted_where_sql_puts_them_and_reported() {
+    let db = TestDb::builder()
+        .schema(
+            "CREATE TABLE observability_events (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), source text,
+               event_type text, context jsonb, created_at timestamptz DEFAULT now())",
+        )
+        .build()
+        .await;
+    db.events().event_type("coordinator.start").count(100).within_last_secs(3000).insert().await;
+    sqlx::raw_sql(
+        "INSERT INTO observability_events (source, event_type, context, created_at)
+         SELECT 'assignment.coordinator', 'coordinator.start', jsonb_build_object('booking_id', 'x' || g), NULL FROM generate_series(1, 7) g;
+         INSERT INTO observability_events (source, event_type, context, created_at) VALUES
+           ('assignment.coordinator', 'coordinator.start', '{}', 'infinity'),
+           ('assignment.coordinator', 'coordinator.start', '{}', '-infinity')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    let totals = app.wait_totals_match(&db).await;
+    assert_eq!(totals[&("coordinator.start".to_string(), String::new())], 109);
+    let s = app.scrape().await;
+    // Windows as SQL's `created_at >= start`: NULL and -infinity in none, infinity in every one.
+    let in_48h: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM observability_events WHERE created_at >= now() - interval '48 hours'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(in_48h, 101);
+    assert_eq!(
+        s.value("assignment_coordinator_window_events", &[("window", "48h"), ("event_type", "coordinator.start")]),
+        in_48h as f64
+    );
+    assert_eq!(malformed(&s, "created_at_null"), 7.0);
+    assert_eq!(malformed(&s, "created_at_out_of_range"), 2.0);
+    // The newest event is a real instant, not the epoch nor infinity.
+    let last = s.value("assignment_coordinator_last_event_timestamp_seconds", &[("event_type", "coordinator.start")]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - 3600.0..=now + 60.0).contains(&last), "{last}");
+    // Polls keep running and count new rows normally.
+    db.events().event_type("coordinator.confirmed").count(5).insert().await;
+    app.wait_totals_match(&db).await;
+    app.stop().await;
+}
+
+async fn enum_table(variant_c: bool) -> TestDb {
+    let schema = if variant_c {
+        "CREATE TYPE event_source AS ENUM ('assignment.coordinator', 'billing.worker');
+         CREATE TABLE observability_events (id bigserial PRIMARY KEY, source event_source NOT NULL, event_type text,
+            context jsonb, created_at timestamptz NOT NULL DEFAULT now())"
+    } else {
+        "CREATE TYPE event_kind AS ENUM ('coordinator.start', 'coordinator.confirmed', 'coordinator.retry', 'coordinator.manual_review');
+         CREATE TABLE observability_events (id bigserial PRIMARY KEY, source text NOT NULL, event_type event_kind,
+            context jsonb, created_at timestamptz NOT NULL DEFAULT now())"
+    };
+    let db = TestDb::builder().schema(schema).build().await;
+    let (source_type, event_type) = if variant_c { ("event_source", "text") } else { ("text", "event_kind") };
+    sqlx::raw_sql(&format!(
+        "INSERT INTO observability_events (source, event_type, context)
+         SELECT 'assignment.coordinator'::{source_type}, (ARRAY['coordinator.start', 'coordinator.confirmed'])[1 + g % 2]::text::{event_type},
+                jsonb_build_object('booking_id', 'b' || (g / 2)) FROM generate_series(1, 200) g",
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    db
+}
+
+#[tokio::test]
+async fn enum_typed_source_and_event_type_columns_are_counted_by_serve_and_verdict_alike() {
+    for variant_c in [false, true] {
+        let db = enum_table(variant_c).await;
+        let app = spawn_app(serve_config(&db.url, &[])).await;
+        app.ready().await;
+        let s = app.scrape().await;
+        assert_eq!(per_type(&s).get("coordinator.start"), Some(&100), "variant c: {variant_c}");
+        assert_eq!(per_type(&s).get("coordinator.confirmed"), Some(&100));
+        let (code, out, err) =
+            run_bin(&["verdict", "--database-url", &db.url, "--min-starts", "1", "--format", "json"]);
+        assert!([0, 1, 3].contains(&code), "exit {code}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let starts = v["runbook"].as_array().unwrap().iter().find(|r| r["event_type"] == "coordinator.start").unwrap();
+        assert_eq!(starts["total"], 100);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_text_context_that_is_not_json_is_counted_and_named_and_polls_go_on() {
+    let db = TestDb::builder()
+        .schema(
+            "CREATE TABLE observability_events (id bigserial PRIMARY KEY, source text NOT NULL, event_type text,
+               context text, created_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .build()
+        .await;
+    sqlx::raw_sql(
+        "INSERT INTO observability_events (source, event_type, context)
+         SELECT 'assignment.coordinator', 'coordinator.start', json_build_object('booking_id', 'b' || g)::text FROM generate_series(1, 100) g;
+         INSERT INTO observability_events (source, event_type, context)
+         SELECT 'assignment.coordinator', 'coordinator.retry', '{\"booking_id\":\"r' || g || '\",\"reason\":\"lock\"}' FROM generate_series(1, 10) g;
+         INSERT INTO observability_events (source, event_type, context, created_at)
+         VALUES ('assignment.coordinator', 'coordinator.error', '{\"booking_id\":\"old\",\"reason\":\"upstream timeo', now() - interval '3 hours')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    // A bad row arriving while polling, then good rows after it.
+    sqlx::raw_sql(
+        "INSERT INTO observability_events (source, event_type, context)
+         VALUES ('assignment.coordinator', 'coordinator.error', '{\"booking_id\":\"e1\",\"reason\":\"upstream timeo');
+         INSERT INTO observability_events (source, event_type, context)
+         SELECT 'assignment.coordinator', 'coordinator.confirmed', json_build_object('booking_id', 'b' || g)::text FROM generate_series(1, 60) g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let s = wait_scrape(&app, "the 60 confirmations after the bad row", |s| {
+        per_type(s).get("coordinator.confirmed") == Some(&60)
+    })
+    .await;
+    let t = s.totals();
+    assert_eq!(t[&("coordinator.start".to_string(), String::new())], 100);
+    assert_eq!(t[&("coordinator.retry".to_string(), "lock".to_string())], 10);
+    assert_eq!(t[&("coordinator.error".to_string(), String::new())], 2, "no reason can be read from a bad row");
+    assert_eq!(malformed(&s, "context_not_json"), 2.0);
+    assert_eq!(s.value("rollout_exporter_database_up", &[]), 1.0);
+    assert_eq!(s.value("rollout_exporter_poll_errors_total", &[("kind", "query")]), 0.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn text_that_is_not_utf8_in_a_sql_ascii_database_is_counted_and_reported() {
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
+    let name = unique("rex_test_ascii");
+    sqlx::raw_sql(&format!(
+        "CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let result = std::panic::AssertUnwindSafe(async {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE observability_events (id bigserial PRIMARY KEY, source text NOT NULL, event_type text, context jsonb,
+                created_at timestamptz NOT NULL DEFAULT now());
+             CREATE INDEX ON observability_events (source, created_at);
+             INSERT INTO observability_events (source, event_type, context)
+             SELECT 'assignment.coordinator', 'coordinator.start', jsonb_build_object('booking_id', 'b' || g) FROM generate_series(1, 100) g;
+             INSERT INTO observability_events (source, event_type, context)
+             VALUES ('assignment.coordinator', 'coordinator.retry', ('{\"booking_id\":\"b7\",\"reason\":\"caf' || E'\\xe9' || ' closed\"}')::jsonb)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let app = spawn_app(serve_config(&url, &[])).await;
+        app.ready().await;
+        sqlx::raw_sql(
+            "INSERT INTO observability_events (source, event_type, context)
+             VALUES ('assignment.coordinator', 'coordinator.retry', ('{\"booking_id\":\"b8\",\"reason\":\"caf' || E'\\xe9' || ' closed\"}')::jsonb);
+             INSERT INTO observability_events (source, event_type, context)
+             SELECT 'assignment.coordinator', 'coordinator.confirmed', jsonb_build_object('booking_id', 'b' || g) FROM generate_series(1, 40) g",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let s =
+            wait_scrape(&app, "the 40 confirmations", |s| per_type(s).get("coordinator.confirmed") == Some(&40)).await;
+        assert_eq!(s.totals()[&("coordinator.retry".to_string(), "caf\u{fffd} closed".to_string())], 2);
+        assert_eq!(malformed(&s, "not_utf8"), 2.0);
+        assert_eq!(s.value("rollout_exporter_poll_errors_total", &[("kind", "query")]), 0.0);
+        app.stop().await;
+        pool.close().await;
+    });
+    let outcome = futures_util::FutureExt::catch_unwind(result).await;
+    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test]
+async fn row_level_security_that_hides_every_row_keeps_the_exporter_not_ready_and_names_the_fix() {
+    let db = TestDb::builder()
+        .schema(
+            "CREATE TABLE observability_events (id bigserial PRIMARY KEY, source text NOT NULL, event_type text,
+               context jsonb, created_at timestamptz NOT NULL DEFAULT now());
+             ALTER TABLE observability_events ENABLE ROW LEVEL SECURITY",
+        )
+        .build()
+        .await;
+    db.events().event_type("coordinator.start").count(150).within_last_secs(3000).insert().await;
+    let role = unique("rex_rls");
+    sqlx::raw_sql(&format!(
+        "DO $$ BEGIN CREATE ROLE app_authenticated NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         CREATE POLICY app_reads ON observability_events FOR SELECT TO app_authenticated USING (true);
+         CREATE ROLE {role} LOGIN NOBYPASSRLS; GRANT SELECT ON observability_events TO {role}"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let mut exporter = Exporter::serve(&url, &["--poll-interval", "200ms"], &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !exporter.stderr().contains("CREATE POLICY") {
+        assert!(std::time::Instant::now() < deadline, "no fix in the log:\n{}", exporter.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(exporter.get("/readyz").await.0, 503, "zeros must not look ready");
+    let (status, body) = exporter.get("/gate").await;
+    assert_eq!(status, 412);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["decision"], "pending", "{body}");
+    let log = exporter.stderr();
+    let fix =
+        format!("CREATE POLICY rollout_exporter_read ON \"observability_events\" FOR SELECT TO {role} USING (true);");
+    assert!(log.contains(&fix), "{log}");
+    // The statement from the log fixes it.
+    sqlx::raw_sql(&fix).execute(&db.pool).await.unwrap();
+    exporter.ready().await;
+    exporter.wait_totals_match(&db).await;
+    drop(exporter);
+    sqlx::raw_sql(&format!(
+        "DROP POLICY rollout_exporter_read ON observability_events; DROP OWNED BY {role}; DROP ROLE {role}"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
