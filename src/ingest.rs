@@ -64,6 +64,9 @@ impl Ingest {
     /// Folds a poll's new rows.
     fn fold_poll(&mut self, mut batch: Batch, seconds: f64) -> usize {
         self.tally.advance(batch.now);
+        for m in &batch.replaced {
+            self.tally.replace_minute(m.minute, &m.rows);
+        }
         self.tally.fold_rows(&mut batch.rows);
         let s = &mut self.current;
         s.ingest.poll_seconds.observe(&POLL_BUCKETS, seconds);

@@ -210,6 +210,10 @@ pub struct ServeArgs {
     /// (memory: the ids of this window's rows are kept).
     #[arg(long, env = "RECONCILE_WINDOW", default_value = "10m")]
     pub reconcile_window: String,
+    /// How often a poll also counts the rows per minute over the longest window and re-reads the
+    /// minutes whose count changed (deleted rows leave the window gauges and the gate; at most 15m).
+    #[arg(long, env = "WINDOW_RECONCILE_INTERVAL", default_value = "5m")]
+    pub window_reconcile_interval: String,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -346,6 +350,7 @@ pub struct ServeConfig {
     pub overlap: Duration,
     pub reconcile_interval: Duration,
     pub reconcile_window: Duration,
+    pub window_reconcile_interval: Duration,
     pub tally: TallyConfig,
     pub rollout: RolloutConfig,
 }
@@ -616,6 +621,11 @@ impl Command {
                 if reconcile_window < overlap || reconcile_window > Duration::from_secs(86_400) {
                     return Err(bad("--reconcile-window", "must be at least --overlap and at most 24h"));
                 }
+                let window_reconcile_interval =
+                    positive_duration("--window-reconcile-interval", &a.window_reconcile_interval)?;
+                if window_reconcile_interval > Duration::from_secs(900) {
+                    return Err(bad("--window-reconcile-interval", "must be at most 15m"));
+                }
                 Ok(Validated::Serve(ServeConfig {
                     http,
                     db: a.db.validate()?,
@@ -623,6 +633,7 @@ impl Command {
                     overlap,
                     reconcile_interval,
                     reconcile_window,
+                    window_reconcile_interval,
                     tally,
                     rollout,
                 }))

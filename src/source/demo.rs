@@ -183,7 +183,7 @@ impl Source for DemoSource {
         self.starts(now, &mut rows);
         self.incidents(now, &mut rows);
         let stats = BatchStats { read_rows: rows.len() as u64, ..BatchStats::default() };
-        std::future::ready(Ok(Batch { now, groups: Vec::new(), rows, stats }))
+        std::future::ready(Ok(Batch { now, rows, stats, ..Batch::default() }))
     }
 }
 

@@ -23,8 +23,18 @@ pub struct Batch {
     pub groups: Vec<Group>,
     /// Single rows counted for the first time (a source de-duplicates before it hands them over).
     pub rows: Vec<Row>,
+    /// Minutes whose rows changed other than by new rows (deletions): every row the minute holds
+    /// now. The window buckets of these minutes are rebuilt; the all-time counters stay.
+    pub replaced: Vec<MinuteRows>,
     /// What it cost, for the exporter's own metrics.
     pub stats: BatchStats,
+}
+
+/// Every row one Unix minute holds now.
+#[derive(Debug, Default)]
+pub struct MinuteRows {
+    pub minute: i64,
+    pub rows: Vec<Row>,
 }
 
 /// The source's own accounting of one batch.

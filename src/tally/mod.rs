@@ -298,6 +298,20 @@ impl Tally {
         }
     }
 
+    /// Rebuilds one minute's buckets from every row it holds now (rows were deleted, or appeared
+    /// long after their `created_at`). The all-time counters are left alone: a counter never goes
+    /// down.
+    pub fn replace_minute(&mut self, minute: i64, rows: &[Row]) {
+        if self.now.0 != 0 && minute < self.horizon_minute(self.now) {
+            return;
+        }
+        self.buckets.remove(&minute);
+        for row in rows.iter().filter(|r| r.time == TimeClass::Dated) {
+            let et = self.labels.event_type(row.event_type.as_deref());
+            self.add_bucket(&et, minute, 1, u64::from(row.reason.is_none()));
+        }
+    }
+
     /// Moves the clock forward: drops buckets no window needs and ages the booking state.
     pub fn advance(&mut self, now: UnixMicros) {
         self.now = self.now.max(now);

@@ -370,6 +370,35 @@ impl Db {
         .await
     }
 
+    /// Rows per minute of `[from, to)` (an index-only scan), in its own READ COMMITTED transaction.
+    pub async fn minute_counts(&mut self, from: UnixMicros, to: UnixMicros) -> Result<Vec<MinuteCount>, SourceError> {
+        let (source, q, setup) = (self.cfg.spec.source.clone(), self.queries.clone(), self.setup(1, false));
+        self.run(1, move |mut conn| {
+            Box::pin(async move {
+                let r = async {
+                    let (mut tx, _now) = begin(&mut conn, &setup).await?;
+                    let counts = sqlx::query_as::<_, (i64, i64)>(&q.minute_counts)
+                        .persistent(false)
+                        .bind(&source)
+                        .bind(from.0)
+                        .bind(to.0)
+                        .bind(BIN_SECONDS)
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .into_iter()
+                        .map(|(m, n)| MinuteCount { minute: m.div_euclid(MINUTE), rows: n.max(0) as u64 })
+                        .collect();
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(counts)
+                }
+                .await
+                .map_err(SourceError::from);
+                (conn, r)
+            })
+        })
+        .await
+    }
+
     /// The rows of `[from, to)`, for minutes whose count says something was missed.
     pub async fn rows_between(&mut self, from: UnixMicros, to: UnixMicros) -> Result<Vec<Row>, SourceError> {
         let (source, q, setup) = (self.cfg.spec.source.clone(), self.queries.clone(), self.setup(1, false));

@@ -18,15 +18,17 @@ pub mod dedup;
 pub mod probe;
 pub mod queries;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub use db::{Db, SourceError};
 use db::{MinuteCount, PollPlan};
 use dedup::{ranges, Seen};
 
-use super::{Batch, BatchStats, Source};
+use super::{Batch, BatchStats, MinuteRows, Source};
 use crate::config::{DatabaseConfig, ServeConfig, VerdictConfig};
-use crate::time::UnixMicros;
+use crate::events::{Row, TimeClass};
+use crate::time::{minute_start, window_start_minute, UnixMicros};
 
 /// How the follower reads: intervals and how far back it looks.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct FollowConfig {
     pub reconcile_interval: Duration,
     /// How far back reconciliation reaches (and how long ids are kept).
     pub reconcile_window: Duration,
+    /// How often the rows per minute of the whole longest window are counted (deletions).
+    pub window_reconcile_interval: Duration,
     /// Rows newer than this at start-up are read one by one (they seed de-duplication and the
     /// booking state machine); older rows are aggregated.
     pub stream_back: Duration,
@@ -54,6 +58,7 @@ impl FollowConfig {
             overlap: cfg.overlap,
             reconcile_interval: cfg.reconcile_interval,
             reconcile_window: cfg.reconcile_window,
+            window_reconcile_interval: cfg.window_reconcile_interval,
             stream_back: cfg.overlap.max(cfg.reconcile_window).max(cfg.tally.stuck_after * 2),
             longest_window: cfg.tally.windows.iter().map(|w| w.seconds).max().unwrap_or(0),
             reason_cap: cfg.tally.reason_cap,
@@ -68,6 +73,7 @@ impl FollowConfig {
             overlap: Duration::ZERO,
             reconcile_interval: Duration::from_secs(60),
             reconcile_window: Duration::ZERO,
+            window_reconcile_interval: Duration::from_secs(300),
             stream_back: Duration::ZERO,
             longest_window: cfg.rollout.soak.seconds,
             reason_cap: cfg.tally.reason_cap,
@@ -83,12 +89,24 @@ pub struct PgSource {
     /// Database `now()` of the last successful load or poll; None until the first load.
     watermark: Option<UnixMicros>,
     last_reconcile: Instant,
+    /// Rows handed over per Unix minute of the longest window (dated rows only): what the window
+    /// check compares with the database's count.
+    held: BTreeMap<i64, u64>,
+    last_window_check: Instant,
 }
 
 impl PgSource {
     /// Prepares the follower; nothing touches the network yet.
     pub fn new(db: DatabaseConfig, cfg: FollowConfig) -> Result<Self, SourceError> {
-        Ok(PgSource { db: Db::new(db)?, cfg, seen: Seen::default(), watermark: None, last_reconcile: Instant::now() })
+        Ok(PgSource {
+            db: Db::new(db)?,
+            cfg,
+            seen: Seen::default(),
+            watermark: None,
+            last_reconcile: Instant::now(),
+            held: BTreeMap::new(),
+            last_window_check: Instant::now(),
+        })
     }
 
     /// The database access, for EXPLAIN in tests.
@@ -106,8 +124,16 @@ impl PgSource {
         self.seen = seen;
         self.watermark = Some(loaded.now);
         self.last_reconcile = Instant::now();
+        self.last_window_check = Instant::now();
+        self.held.clear();
+        for g in loaded.groups.iter().filter(|g| g.time == TimeClass::Dated) {
+            if let Some(m) = g.minute {
+                *self.held.entry(m).or_default() += g.count;
+            }
+        }
+        self.hold(&loaded.rows);
         let stats = BatchStats { tracked_ids: Some(self.seen.len as u64), ..BatchStats::default() };
-        Ok(Batch { now: loaded.now, groups: loaded.groups, rows: loaded.rows, stats })
+        Ok(Batch { now: loaded.now, groups: loaded.groups, rows: loaded.rows, stats, ..Batch::default() })
     }
 
     /// Reads what changed since the watermark; the minutes whose database count exceeds what was
@@ -150,12 +176,56 @@ impl PgSource {
             }
         }
         fresh.extend(polled.rows.into_iter().filter(|row| self.seen.insert(row)));
+        self.hold(&fresh);
+        let replaced = self.window_check(watermark).await?;
         let now = polled.now.max(watermark);
         self.watermark = Some(now);
         let keep_back = self.cfg.reconcile_window.max(self.cfg.overlap);
         self.seen.prune(now.minus(keep_back).0, now.minus(self.cfg.overlap).0);
         stats.tracked_ids = Some(self.seen.len as u64);
-        Ok(Batch { now, groups: Vec::new(), rows: fresh, stats })
+        self.held = self.held.split_off(&window_start_minute(now, self.cfg.longest_window));
+        Ok(Batch { now, groups: Vec::new(), rows: fresh, replaced, stats })
+    }
+
+    /// Counts dated rows per minute as handed over.
+    fn hold(&mut self, rows: &[Row]) {
+        for r in rows.iter().filter(|r| r.time == TimeClass::Dated) {
+            *self.held.entry(UnixMicros(r.created_us).minute()).or_default() += 1;
+        }
+    }
+
+    /// Every `--window-reconcile-interval`: the rows per minute of the longest window below the
+    /// reconciliation range, counted in the database (an index-only scan) and compared with what
+    /// was handed over; a minute that differs (rows deleted, or rows that appeared long after their
+    /// `created_at`) is read again whole and replaced. Minutes inside the reconciliation range are
+    /// left to it, so no row can be counted twice; a deletion therefore shows within
+    /// `--reconcile-window` plus this interval (15 minutes by default).
+    async fn window_check(&mut self, watermark: UnixMicros) -> Result<Vec<MinuteRows>, SourceError> {
+        if self.cfg.longest_window == 0 || self.last_window_check.elapsed() < self.cfg.window_reconcile_interval {
+            return Ok(Vec::new());
+        }
+        self.last_window_check = Instant::now();
+        let from = minute_start(window_start_minute(watermark, self.cfg.longest_window));
+        let to = minute_start(watermark.minus(self.cfg.reconcile_window.max(self.cfg.overlap)).minute());
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let counts: BTreeMap<i64, u64> = self.db.minute_counts(from, to).await?.into_iter().map(|c| (c.minute, c.rows)).collect();
+        let mut differing: Vec<i64> = counts
+            .iter()
+            .filter(|(m, n)| self.held.get(m).copied().unwrap_or(0) != **n)
+            .map(|(m, _)| *m)
+            .collect();
+        differing.extend(self.held.range(from.minute()..to.minute()).filter(|(m, _)| !counts.contains_key(m)).map(|(m, _)| *m));
+        differing.sort_unstable();
+        let mut replaced = Vec::with_capacity(differing.len());
+        for m in differing {
+            let rows = self.db.rows_between(minute_start(m), minute_start(m + 1)).await?;
+            tracing::info!(minute = m, before = self.held.get(&m).copied().unwrap_or(0), now = rows.len(), "a minute of the window changed: rebuilt");
+            self.held.insert(m, rows.len() as u64);
+            replaced.push(MinuteRows { minute: m, rows });
+        }
+        Ok(replaced)
     }
 }
 
