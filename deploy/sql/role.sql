@@ -1,4 +1,6 @@
 -- rollout-exporter: a read-only login role that can SELECT the events table and nothing else.
+-- When row level security is enabled on the table, it also adds the SELECT policy
+-- rollout_exporter_read for the role (without one the role would read zero rows, silently).
 --
 -- Run as a role that may create roles and grant on the table (the table owner or an admin), in the
 -- application's database:
@@ -61,6 +63,34 @@ SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), :'export
 \gexec
 GRANT USAGE ON SCHEMA :"events_schema" TO :"exporter_role";
 GRANT SELECT ON TABLE :events_table TO :"exporter_role";
+
+-- Row level security. With RLS enabled on the table (Supabase's table editor enables it on every table
+-- it creates) a role that neither owns the table nor bypasses RLS sees only the rows some policy lets it
+-- see: with policies for other roles only (anon, authenticated), the exporter would read zero rows, with
+-- no error, and report a healthy rollout with no events. So, when RLS is on, a permissive SELECT policy
+-- for this role that lets it read every row. Idempotent: the policy is created once; when it exists
+-- for other roles (another environment's exporter role on the same table), this role is added to it.
+-- When RLS is off no policy is made: enable RLS later, then run this script again.
+SELECT c.relrowsecurity AS rex_rls
+  FROM pg_catalog.pg_class AS c WHERE c.oid = :'events_table'::pg_catalog.regclass
+\gset
+\if :rex_rls
+  SELECT format('CREATE POLICY rollout_exporter_read ON %s FOR SELECT TO %I USING (true)',
+                :'events_table'::pg_catalog.regclass, :'exporter_role')
+   WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_policy AS p
+                      WHERE p.polrelid = :'events_table'::pg_catalog.regclass AND p.polname = 'rollout_exporter_read')
+  \gexec
+  -- The policy exists (made now or earlier): add this role to it unless it names the role or PUBLIC.
+  SELECT format('ALTER POLICY rollout_exporter_read ON %s TO %s', :'events_table'::pg_catalog.regclass,
+                string_agg(CASE WHEN r.oid = 0 THEN 'PUBLIC' ELSE quote_ident(pg_catalog.pg_get_userbyid(r.oid)) END,
+                           ', ' ORDER BY r.ord) || ', ' || quote_ident(:'exporter_role'))
+    FROM pg_catalog.pg_policy AS p, unnest(p.polroles) WITH ORDINALITY AS r(oid, ord)
+   WHERE p.polrelid = :'events_table'::pg_catalog.regclass AND p.polname = 'rollout_exporter_read'
+  HAVING NOT bool_or(r.oid = 0 OR pg_catalog.pg_get_userbyid(r.oid) = :'exporter_role')
+  \gexec
+  \echo 'Row level security is enabled on' :events_table ': policy rollout_exporter_read lets' :exporter_role 'read every row.'
+  -- Restrictive policies still apply on top of it; list them with \d+ on the table.
+\endif
 
 -- Nothing to create anywhere. This revokes a grant made to the role itself; on PostgreSQL 14 and
 -- older PUBLIC also has CREATE on schema public (so every role does): revoke it from PUBLIC too if

@@ -157,8 +157,13 @@ impl TestDbBuilder {
         // The guard exists before anything else can fail, so the database never outlives the test.
         let db = TestDb { pool: lazy_pool(&url), name, url, admin_url };
         sqlx::raw_sql(&self.schema).execute(&db.pool).await.expect("create table");
-        let index = std::fs::read_to_string(repo_root().join("deploy/sql/index.sql")).expect("deploy/sql/index.sql");
-        sqlx::raw_sql(&index).execute(&db.pool).await.expect("create shipped index");
+        // A psql script (\gset, \if, \gexec), so applied with psql as operators do; errors fail the test.
+        run_ok(
+            Command::new("psql")
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", "postgres", "-d", &db.name, "-f"])
+                .arg(repo_root().join("deploy/sql/index.sql")),
+        );
         db
     }
 }
