@@ -48,7 +48,8 @@ impl Ingest {
         s.ready = true;
         s.health.database_up = true;
         s.health.last_success = Some(batch.now);
-        s.health.fresh_at = Some(UnixMicros::now());
+        s.health.fresh_at = Some(fresh_at(&batch));
+        s.health.replica_lag_seconds = batch.stats.replica_lag_us.map(|us| us as f64 / 1e6);
         s.health.load_seconds = seconds;
         s.ingest.tracked_ids = batch.stats.tracked_ids.unwrap_or(0);
         s.tally = self.tally.view();
@@ -78,7 +79,8 @@ impl Ingest {
         }
         s.health.database_up = true;
         s.health.last_success = Some(batch.now);
-        s.health.fresh_at = Some(UnixMicros::now());
+        s.health.fresh_at = Some(fresh_at(&batch));
+        s.health.replica_lag_seconds = batch.stats.replica_lag_us.map(|us| us as f64 / 1e6);
         s.tally = self.tally.view();
         self.publish();
         batch.rows.len()
@@ -95,6 +97,11 @@ impl Ingest {
         tracing::warn!(error = %e, kind = e.metric_label(), "{what} failed");
         self.publish();
     }
+}
+
+/// When the batch's data was current, on the exporter's clock: now, less a standby's replay lag.
+fn fresh_at(batch: &Batch) -> UnixMicros {
+    UnixMicros::now().plus_us(-batch.stats.replica_lag_us.unwrap_or(0).max(0))
 }
 
 /// Loads (retrying with backoff), then calls `next` every interval until shutdown. A load or poll

@@ -20,6 +20,8 @@ pub struct Health {
     /// The exporter's own clock when the data was last known current (a successful load or poll,
     /// less the replica's replay lag): how old the numbers are is measured from here.
     pub fresh_at: Option<UnixMicros>,
+    /// Replay lag of the hot standby read from, seconds (None: a primary).
+    pub replica_lag_seconds: Option<f64>,
 }
 
 /// One immutable picture of what the exporter knows.

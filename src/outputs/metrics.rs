@@ -165,6 +165,7 @@ pub const LAST_POLL_SUCCESS: Family = family(
     &[],
     "Database now() of the last successful poll, Unix seconds.",
 );
+pub const REPLICA_LAG: Family = family("rollout_exporter_replica_lag_seconds", G, &[], "Replay lag of the hot standby the exporter reads from (absent on a primary); the gate says pending past --max-staleness.");
 pub const LOAD_DURATION: Family =
     family("rollout_exporter_load_duration_seconds", G, &[], "Wall time of the last full (aggregate) load.");
 pub const MALFORMED_ROWS: Family =
@@ -192,7 +193,7 @@ pub const TRACKED_IDS: Family =
     family("rollout_exporter_tracked_ids", G, &[], "Row ids held for de-duplication and reconciliation.");
 
 /// Every family the exporter defines (the process collector adds the standard `process_*`).
-pub const FAMILIES: [&Family; 38] = [
+pub const FAMILIES: [&Family; 39] = [
     &EVENTS_TOTAL,
     &WINDOW_EVENTS,
     &SUCCESS_RATIO,
@@ -222,6 +223,7 @@ pub const FAMILIES: [&Family; 38] = [
     &DATABASE_UP,
     &READY,
     &LAST_POLL_SUCCESS,
+    &REPLICA_LAG,
     &LOAD_DURATION,
     &MALFORMED_ROWS,
     &BUILD_INFO,
@@ -407,6 +409,9 @@ fn health_metrics(s: &Snapshot, out: &mut Out) {
     out.sample(&READY, &[], b(s.ready));
     out.sample(&LAST_POLL_SUCCESS, &[], s.health.last_success.map_or(0.0, |t| t.seconds()));
     out.sample(&LOAD_DURATION, &[], s.health.load_seconds);
+    if let Some(lag) = s.health.replica_lag_seconds {
+        out.sample(&REPLICA_LAG, &[], lag);
+    }
     for k in Malformed::ALL {
         let n = s.tally.malformed.iter().find(|m| m.kind == k).map_or(0, |m| m.rows);
         out.sample(&MALFORMED_ROWS, &[k.label()], n as f64);

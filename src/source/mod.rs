@@ -48,6 +48,8 @@ pub struct BatchStats {
     pub reconciled_rows: u64,
     /// Row ids held for de-duplication after the batch (None: the source keeps none).
     pub tracked_ids: Option<u64>,
+    /// Replay lag of the hot standby read from, microseconds (None: a primary, or no database).
+    pub replica_lag_us: Option<i64>,
 }
 
 /// A source of events for the ingest loop.

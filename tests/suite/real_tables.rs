@@ -330,3 +330,147 @@ async fn row_level_security_that_hides_every_row_keeps_the_exporter_not_ready_an
     .await
     .unwrap();
 }
+
+/// Seeds a soak whose rows are all older than the reconciliation range: 300 starts and 300
+/// confirmations, plus 20 load-test bookings (a start and a manual review each).
+async fn seed_with_load_test(db: &TestDb) {
+    let old = "now() - interval '4 minutes' - make_interval(secs => g * 3)";
+    db.events().event_type("coordinator.start").count(300).at(old).insert().await;
+    db.events().event_type("coordinator.confirmed").count(300).at(old).insert().await;
+    for et in ["coordinator.start", "coordinator.manual_review"] {
+        db.events()
+            .event_type(et)
+            .context(r#"{"booking_id": "lt", "reason": "load_test"}"#)
+            .count(20)
+            .at(old)
+            .insert()
+            .await;
+    }
+}
+
+async fn verdict_of(app: &TestApp) -> serde_json::Value {
+    serde_json::from_str(&app.get("/verdict").await.1).unwrap()
+}
+
+#[tokio::test]
+async fn deleted_rows_leave_the_window_and_the_gate_in_both_directions_while_counters_stay() {
+    let db = TestDb::new().await;
+    seed_with_load_test(&db).await;
+    let dir = TempDir::new("rex_flags");
+    let flags = dir.path().join("flags.env");
+    std::fs::write(&flags, "FEATURE_ASSIGNMENT_PIPELINE_V3=true\nFEATURE_ASSIGNMENT_PIPELINE_V3_SHADOW=false\n")
+        .unwrap();
+    let args = [
+        "--flags-file",
+        flags.to_str().unwrap(),
+        "--phase-started-at",
+        "2000-01-01T00:00:00Z",
+        "--overlap",
+        "30s",
+        "--reconcile-window",
+        "1m",
+        "--window-reconcile-interval",
+        "1s",
+    ];
+    let app = spawn_app(serve_config(&db.url, &args)).await;
+    app.ready().await;
+    assert_eq!(verdict_of(&app).await["decision"], "no_go", "20 manual reviews in 320 starts");
+    let before = app.scrape().await.totals();
+    // The load-test bookings are removed: the window gauges and the gate follow SQL.
+    sqlx::query("DELETE FROM observability_events WHERE context->>'booking_id' = 'lt'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let v = wait_for("the gate to see the deletion", Duration::from_secs(30), || async {
+        let v = verdict_of(&app).await;
+        (v["decision"] == "go").then_some(v)
+    })
+    .await;
+    assert_eq!(v["criteria"][1]["numerator"], 0, "{v:#}");
+    let s = app.scrape().await;
+    assert_eq!(
+        s.value("assignment_coordinator_window_events", &[("window", "48h"), ("event_type", "coordinator.start")]),
+        300.0
+    );
+    assert_eq!(s.totals(), before, "counters never go down");
+    // And the other way: confirmations deleted turn a go into a no_go.
+    sqlx::query(
+        "DELETE FROM observability_events WHERE id IN
+           (SELECT id FROM observability_events WHERE event_type = 'coordinator.confirmed' ORDER BY id LIMIT 20)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let v = wait_for("the gate to see the deleted confirmations", Duration::from_secs(30), || async {
+        let v = verdict_of(&app).await;
+        (v["decision"] == "no_go").then_some(v)
+    })
+    .await;
+    assert_eq!(
+        (v["criteria"][0]["numerator"].as_u64(), v["criteria"][0]["denominator"].as_u64()),
+        (Some(280), Some(300))
+    );
+    // The verdict command, from SQL, says the same.
+    let (code, out, _) = run_bin(&[
+        "verdict",
+        "--database-url",
+        &db.url,
+        "--flags-file",
+        flags.to_str().unwrap(),
+        "--phase-started-at",
+        "2000-01-01T00:00:00Z",
+        "--format",
+        "json",
+    ]);
+    let cli: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((code, &cli["criteria"][0]), (1, &v["criteria"][0]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_gate_fails_closed_when_the_database_goes_away_after_a_go() {
+    let Some(cluster) = crate::faults::Cluster::create() else { return };
+    let db = TestDb::builder().port(cluster.port).build().await;
+    db.events().event_type("coordinator.start").count(200).within_last_secs(3000).insert().await;
+    db.events().event_type("coordinator.confirmed").count(200).within_last_secs(3000).insert().await;
+    let dir = TempDir::new("rex_flags");
+    let flags = dir.path().join("flags.env");
+    std::fs::write(&flags, "FEATURE_ASSIGNMENT_PIPELINE_V3=true\nFEATURE_ASSIGNMENT_PIPELINE_V3_SHADOW=false\n")
+        .unwrap();
+    let args = [
+        "--flags-file",
+        flags.to_str().unwrap(),
+        "--phase-started-at",
+        "2000-01-01T00:00:00Z",
+        "--max-staleness",
+        "3s",
+    ];
+    let app = spawn_app(serve_config(&db.url, &args)).await;
+    app.ready().await;
+    assert_eq!(http_request(app.port, "POST", "/gate", &[]).await.0, 200);
+    cluster.stop();
+    let stopped = std::time::Instant::now();
+    // database_up drops within about one poll interval of the refused connection.
+    wait_for("database_up 0", Duration::from_secs(5), || async {
+        (app.scrape().await.value("rollout_exporter_database_up", &[]) == 0.0).then_some(())
+    })
+    .await;
+    let down_after = stopped.elapsed();
+    assert!(down_after < Duration::from_secs(2), "database_up took {down_after:?}");
+    // Within --max-staleness the gate stops saying go, and says why.
+    let (status, body) = wait_for("the gate to fail closed", Duration::from_secs(10), || async {
+        let (status, body) = http_request(app.port, "POST", "/gate", &[]).await;
+        (status == 412).then_some((status, body))
+    })
+    .await;
+    assert!(stopped.elapsed() < Duration::from_secs(6), "took {:?}", stopped.elapsed());
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, v["decision"].as_str()), (412, Some("pending")));
+    assert!(v["pending_reason"].as_str().unwrap().contains("database is unreachable"), "{v:#}");
+    assert!(v["data_age_seconds"].as_f64().unwrap() > 3.0);
+    let s = app.scrape().await;
+    assert_eq!(s.value("assignment_rollout_decision", &[("decision", "go")]), 0.0);
+    assert_eq!(s.value("assignment_rollout_decision", &[("decision", "pending")]), 1.0);
+    app.stop().await;
+    drop(db);
+}

@@ -138,6 +138,8 @@ pub struct Db {
 /// What the start-up load found.
 pub struct Loaded {
     pub now: UnixMicros,
+    /// Replay lag on a hot standby, microseconds.
+    pub lag_us: Option<i64>,
     /// Aggregates of the rows before `now - stream_back` (and of the rows without an instant),
     /// with the minute inside the longest window.
     pub groups: Vec<Group>,
@@ -148,6 +150,8 @@ pub struct Loaded {
 /// What one poll read.
 pub struct Polled {
     pub now: UnixMicros,
+    /// Replay lag on a hot standby, microseconds.
+    pub lag_us: Option<i64>,
     /// Rows per Unix minute of the checked range, as the database counts them.
     pub counts: Vec<MinuteCount>,
     pub rows: Vec<Row>,
@@ -170,20 +174,38 @@ pub struct PollPlan {
     pub rows_from: UnixMicros,
 }
 
-/// Opens a read-only transaction, applies its settings and returns its database time.
-async fn begin<'c>(
+/// The time a transaction reads as of.
+#[derive(Debug, Clone, Copy)]
+struct AsOf {
+    /// Database `now()`, or on a standby still replaying, the last replayed commit's time.
+    now: UnixMicros,
+    /// Replay lag on a hot standby, microseconds (None on a primary).
+    lag_us: Option<i64>,
+}
+
+/// Opens a read-only transaction, applies its settings and returns the time it reads as of.
+async fn begin_as_of<'c>(
     conn: &'c mut PgConnection,
     setup: &Setup,
-) -> Result<(Transaction<'c, Postgres>, UnixMicros), sqlx::Error> {
+) -> Result<(Transaction<'c, Postgres>, AsOf), sqlx::Error> {
     let mut tx = conn.begin_with(setup.begin).await?;
-    let now_us: i64 = sqlx::query_scalar(NOW_US)
+    let (now_us, lag_us): (i64, Option<i64>) = sqlx::query_as(NOW_US)
         .persistent(false)
         .bind(&setup.statement_timeout)
         .bind(&setup.zone)
         .bind(setup.client_encoding)
         .fetch_one(&mut *tx)
         .await?;
-    Ok((tx, UnixMicros(now_us)))
+    Ok((tx, AsOf { now: UnixMicros(now_us), lag_us }))
+}
+
+/// [`begin_as_of`] for calls that need only the time.
+async fn begin<'c>(
+    conn: &'c mut PgConnection,
+    setup: &Setup,
+) -> Result<(Transaction<'c, Postgres>, UnixMicros), sqlx::Error> {
+    let (tx, as_of) = begin_as_of(conn, setup).await?;
+    Ok((tx, as_of.now))
 }
 
 /// Runs a row query (`rows_since`, `rows_between`) with its microsecond bounds.
@@ -342,7 +364,7 @@ impl Db {
         self.run(1, move |mut conn| {
             Box::pin(async move {
                 let r = async {
-                    let (mut tx, now) = begin(&mut conn, &setup).await?;
+                    let (mut tx, as_of) = begin_as_of(&mut conn, &setup).await?;
                     let counts = if plan.count_from < plan.count_to {
                         sqlx::query_as::<_, (i64, i64)>(&q.minute_counts)
                             .persistent(false)
@@ -360,7 +382,7 @@ impl Db {
                     };
                     let rows = fetch_rows(&mut tx, &q, &q.rows_since, &source, &[plan.rows_from]).await?;
                     tx.commit().await?;
-                    Ok::<_, sqlx::Error>(Polled { now, counts, rows })
+                    Ok::<_, sqlx::Error>(Polled { now: as_of.now, lag_us: as_of.lag_us, counts, rows })
                 }
                 .await
                 .map_err(SourceError::from);
@@ -428,7 +450,8 @@ async fn load_in(
     longest_window: u64,
     reason_cap: usize,
 ) -> Result<(Loaded, Probe, Arc<Queries>), SourceError> {
-    let (mut tx, now) = begin(conn, &setup).await?;
+    let (mut tx, as_of) = begin_as_of(conn, &setup).await?;
+    let now = as_of.now;
     let found = probe(&mut tx, &cfg.spec, cfg.created_at_time_zone.as_deref()).await?;
     let shape = found.shape(&cfg.spec)?;
     let q = Arc::new(Queries::new(&cfg.spec, cfg.count_since_us, shape));
@@ -455,5 +478,5 @@ async fn load_in(
     if found.zone.source != "default" && q.shape.timestamp_without_zone {
         tracing::info!(zone = %found.zone.name, from = found.zone.source, "created_at has no time zone: read in this zone");
     }
-    Ok((Loaded { now, groups, rows }, found, q))
+    Ok((Loaded { now, lag_us: as_of.lag_us, groups, rows }, found, q))
 }

@@ -132,7 +132,11 @@ impl PgSource {
             }
         }
         self.hold(&loaded.rows);
-        let stats = BatchStats { tracked_ids: Some(self.seen.len as u64), ..BatchStats::default() };
+        let stats = BatchStats {
+            tracked_ids: Some(self.seen.len as u64),
+            replica_lag_us: loaded.lag_us,
+            ..BatchStats::default()
+        };
         Ok(Batch { now: loaded.now, groups: loaded.groups, rows: loaded.rows, stats, ..Batch::default() })
     }
 
@@ -161,7 +165,11 @@ impl PgSource {
         if reconcile {
             self.last_reconcile = Instant::now();
         }
-        let mut stats = BatchStats { read_rows: (polled.rows.len() + missed.len()) as u64, ..BatchStats::default() };
+        let mut stats = BatchStats {
+            read_rows: (polled.rows.len() + missed.len()) as u64,
+            replica_lag_us: polled.lag_us,
+            ..BatchStats::default()
+        };
         let overlap_start = watermark.minus(self.cfg.overlap);
         let mut fresh = Vec::new();
         for row in missed {
@@ -210,18 +218,23 @@ impl PgSource {
         if from >= to {
             return Ok(Vec::new());
         }
-        let counts: BTreeMap<i64, u64> = self.db.minute_counts(from, to).await?.into_iter().map(|c| (c.minute, c.rows)).collect();
-        let mut differing: Vec<i64> = counts
-            .iter()
-            .filter(|(m, n)| self.held.get(m).copied().unwrap_or(0) != **n)
-            .map(|(m, _)| *m)
-            .collect();
-        differing.extend(self.held.range(from.minute()..to.minute()).filter(|(m, _)| !counts.contains_key(m)).map(|(m, _)| *m));
+        let counts: BTreeMap<i64, u64> =
+            self.db.minute_counts(from, to).await?.into_iter().map(|c| (c.minute, c.rows)).collect();
+        let mut differing: Vec<i64> =
+            counts.iter().filter(|(m, n)| self.held.get(m).copied().unwrap_or(0) != **n).map(|(m, _)| *m).collect();
+        differing.extend(
+            self.held.range(from.minute()..to.minute()).filter(|(m, _)| !counts.contains_key(m)).map(|(m, _)| *m),
+        );
         differing.sort_unstable();
         let mut replaced = Vec::with_capacity(differing.len());
         for m in differing {
             let rows = self.db.rows_between(minute_start(m), minute_start(m + 1)).await?;
-            tracing::info!(minute = m, before = self.held.get(&m).copied().unwrap_or(0), now = rows.len(), "a minute of the window changed: rebuilt");
+            tracing::info!(
+                minute = m,
+                before = self.held.get(&m).copied().unwrap_or(0),
+                now = rows.len(),
+                "a minute of the window changed: rebuilt"
+            );
             self.held.insert(m, rows.len() as u64);
             replaced.push(MinuteRows { minute: m, rows });
         }
