@@ -72,19 +72,24 @@ pub enum Command {
 /// Where the database is and how the events table is shaped.
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL, e.g. postgres://exporter@db:6543/app?sslmode=verify-full. Never logged.
+    /// PostgreSQL URL, e.g. postgres://exporter@db:6543/app?sslmode=verify-full (percent-encode
+    /// `/ ? # @ %` in the password), or a libpq key=value string (host=db port=6543 user=exporter
+    /// password='...' dbname=app). Never logged; errors show it with the password as `***`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// File holding the PostgreSQL URL (a mounted secret); used when --database-url is not given.
+    /// File holding the PostgreSQL URL or key=value string (a mounted secret); used when
+    /// --database-url is not given.
     #[arg(long, env = "DATABASE_URL_FILE")]
     pub database_url_file: Option<PathBuf>,
-    /// Events table, optionally schema-qualified.
+    /// Events table, optionally schema-qualified. As in psql: unquoted names fold to lower case,
+    /// double-quoted names keep their case (`--table 'app."Events"'`).
     #[arg(long, env = "EXPORTER_TABLE", default_value = "observability_events")]
     pub table: String,
     /// Value of the source column that marks coordinator events.
     #[arg(long, env = "EXPORTER_SOURCE", default_value = "assignment.coordinator")]
     pub source: String,
-    /// Primary-key column (uuid or bigint; treated as opaque text).
+    /// Primary-key column (uuid or bigint; treated as opaque text). This and the other column
+    /// names: unquoted fold to lower case, double-quoted keep their case (`'"CreatedAt"'`).
     #[arg(long, env = "EXPORTER_ID_COLUMN", default_value = "id")]
     pub id_column: String,
     /// Source column.
@@ -440,24 +445,75 @@ pub fn parse_rfc3339_us(flag: &'static str, raw: &str) -> Result<i64, ConfigErro
     Ok(us - offset_secs * 1_000_000)
 }
 
-/// Rejects identifiers that are not plain SQL names; returns them double-quoted.
+/// A table or column name as psql reads it, returned double-quoted for splicing into SQL.
+///
+/// Unquoted names are folded to lower case (`Observability_Events` is `"observability_events"`)
+/// and must be plain SQL names (a letter or `_`, then letters, digits, `_` or `$`); double-quoted
+/// names keep their case and may hold any character but NUL, `""` standing for one `"`. With
+/// `qualified`, a schema may precede the name (`Public."MyTable"` is `"public"."MyTable"`). Each name
+/// is at most 63 bytes (PostgreSQL would truncate a longer one). Anything else is refused, so
+/// nothing but a quoted name ever reaches the SQL.
 fn ident(flag: &'static str, raw: &str, qualified: bool) -> Result<String, ConfigError> {
-    let parts: Vec<&str> = if qualified { raw.split('.').collect() } else { vec![raw] };
-    if parts.len() > 2 {
-        return Err(bad(flag, format!("{raw:?} has too many dots (schema.table at most)")));
-    }
-    let mut quoted = Vec::new();
-    for part in parts {
-        let ok = !part.is_empty()
-            && part.len() <= 63
-            && part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
-        if !ok {
-            return Err(bad(flag, format!("{raw:?} is not a plain SQL identifier (letters, digits, _)")));
+    let s = raw.trim();
+    let mut parts: Vec<String> = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        let mut name = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => return Err(bad(flag, format!("{raw:?}: unterminated double-quoted name"))),
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        name.push('"');
+                    }
+                    Some('"') => break,
+                    Some('\0') => return Err(bad(flag, format!("{raw:?}: a name cannot contain NUL"))),
+                    Some(c) => name.push(c),
+                }
+            }
+            if name.is_empty() {
+                return Err(bad(flag, format!("{raw:?}: a quoted name cannot be empty")));
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                name.push(c);
+                chars.next();
+            }
+            let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+            if !ok {
+                return Err(bad(
+                    flag,
+                    format!(
+                        "{raw:?} is not a SQL name: unquoted names are letters, digits, _ and $ (folded to \
+                         lower case); double-quote any other name, e.g. '\"My Table\"'"
+                    ),
+                ));
+            }
+            name.make_ascii_lowercase();
         }
-        quoted.push(format!("\"{part}\""));
+        if name.len() > 63 {
+            return Err(bad(flag, format!("{raw:?}: a name is at most 63 bytes")));
+        }
+        parts.push(format!("\"{}\"", name.replace('"', "\"\"")));
+        match chars.next() {
+            None => break,
+            Some('.') if qualified && parts.len() < 2 => continue,
+            Some('.') if qualified => {
+                return Err(bad(flag, format!("{raw:?} has too many dots (schema.table at most)")))
+            }
+            Some('.') => {
+                return Err(bad(flag, format!("{raw:?}: a column name has no schema (quote a name with a dot)")))
+            }
+            Some(_) => return Err(bad(flag, format!("{raw:?}: unexpected text after a double-quoted name"))),
+        }
     }
-    Ok(quoted.join("."))
+    Ok(parts.join("."))
 }
 
 impl DatabaseArgs {
@@ -683,6 +739,53 @@ mod tests {
         assert_eq!(ident("--table", "public.events", true).unwrap(), "\"public\".\"events\"");
         assert!(ident("--table", "events; drop table x", true).is_err());
         assert!(ident("--id-column", "a.b", false).is_err());
+    }
+
+    #[test]
+    fn identifiers_fold_like_psql() {
+        let t = |raw: &str| ident("--table", raw, true);
+        let c = |raw: &str| ident("--created-at-column", raw, false);
+        // Unquoted names fold to lower case; quoted names keep their case.
+        assert_eq!(t("Observability_Events").unwrap(), "\"observability_events\"");
+        assert_eq!(t("\"Events\"").unwrap(), "\"Events\"");
+        assert_eq!(t("Public.\"MyTable\"").unwrap(), "\"public\".\"MyTable\"");
+        assert_eq!(t("\"Public\".MyTable").unwrap(), "\"Public\".\"mytable\"");
+        assert_eq!(t("  events  ").unwrap(), "\"events\"");
+        assert_eq!(c("\"CreatedAt\"").unwrap(), "\"CreatedAt\"");
+        assert_eq!(c("CreatedAt").unwrap(), "\"createdat\"");
+        assert_eq!(c("a$1").unwrap(), "\"a$1\"");
+        // A quoted name holds anything but NUL; "" is one quote, and is doubled again in the output.
+        assert_eq!(t("\"a \"\"b\"\"; drop table x; --\"").unwrap(), "\"a \"\"b\"\"; drop table x; --\"");
+        assert_eq!(t("\"s.x\".\"t.y\"").unwrap(), "\"s.x\".\"t.y\"");
+        assert_eq!(c("\"a.b\"").unwrap(), "\"a.b\"");
+        assert_eq!(c("\"Ünïcødé 名\"").unwrap(), "\"Ünïcødé 名\"");
+        assert_eq!(c(&format!("\"{}\"", "x".repeat(63))).unwrap().len(), 65);
+        for refused in [
+            "",
+            "\"\"",
+            "\"unterminated",
+            "\"a\"b",
+            "\"a\"\"",
+            "\"a\0b\"",
+            "events; drop table x",
+            "events\"; drop table x; --",
+            "1events",
+            "ev ents",
+            "évents",
+            "a.b.c",
+            "a.",
+            ".a",
+            "a..b",
+            "\"a\".",
+            "\"a\" . \"b\"",
+        ] {
+            assert!(t(refused).is_err(), "{refused:?} accepted as {:?}", t(refused));
+        }
+        assert!(c("s.t").is_err());
+        assert!(c(&format!("\"{}\"", "x".repeat(64))).is_err());
+        assert!(c(&"x".repeat(64)).is_err());
+        // 63 bytes, not characters.
+        assert!(c(&format!("\"{}\"", "é".repeat(32))).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! to real PgBouncer, promtool and throwaway clusters where it says so.
 
 mod cli;
+mod config_hardening;
 mod deploy_sql;
 mod docs;
 mod exactness;
