@@ -116,6 +116,8 @@ pub struct Group {
     pub count: u64,
     /// Newest `created_at` in the group, Unix microseconds (None: no dated row).
     pub last_us: Option<i64>,
+    /// The id of one row of the group that the malformed-row accounting reports (if any is odd).
+    pub example_id: Option<String>,
 }
 
 /// Odd data worth a counter and one log line; the row is still counted normally.

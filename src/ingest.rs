@@ -53,12 +53,6 @@ impl Ingest {
         s.health.load_seconds = seconds;
         s.ingest.tracked_ids = batch.stats.tracked_ids.unwrap_or(0);
         s.tally = self.tally.view();
-        tracing::info!(
-            seconds,
-            groups = batch.groups.len(),
-            streamed_rows = batch.rows.len(),
-            "start-up load finished"
-        );
         self.publish();
     }
 
@@ -123,7 +117,10 @@ pub async fn run<S: Source>(
         };
         match loaded {
             Ok(batch) => {
-                ingest.fold_load(cfg, batch, started.elapsed().as_secs_f64());
+                let (groups, rows) = (batch.groups.len(), batch.rows.len());
+                let seconds = started.elapsed().as_secs_f64();
+                ingest.fold_load(cfg, batch, seconds);
+                tracing::info!(seconds, groups, streamed_rows = rows, "start-up load finished");
                 break;
             }
             Err(e) => {

@@ -44,6 +44,11 @@ fn main() -> ExitCode {
         match validated {
             Validated::Serve(cfg) => serve(App::build_serve(cfg).await).await,
             Validated::Demo(cfg) => serve(App::build_demo(cfg).await).await,
+            Validated::Check(cfg) => {
+                let report = rollout_exporter::outputs::check::run(&cfg).await;
+                print!("{}", rollout_exporter::outputs::check::render(&report, cfg.format));
+                ExitCode::from(report.exit_code())
+            }
             Validated::Verdict(cfg) => match verdict::compute(&cfg).await {
                 Ok(v) => {
                     print!("{}", verdict::render(&v, cfg.format));

@@ -67,6 +67,9 @@ pub enum Command {
     Demo(Box<DemoArgs>),
     /// Compute the soak verdict directly in SQL, print the evidence, exit 0 go, 1 no_go, 3 pending.
     Verdict(Box<VerdictArgs>),
+    /// Connect as `serve` would and check the table, the role and the server: one line per item
+    /// (ok / warn / FAIL) with the fix; exit 0 when nothing fails, 1 when something does.
+    Check(Box<CheckArgs>),
 }
 
 /// Where the database is and how the events table is shaped.
@@ -257,6 +260,23 @@ pub enum Scenario {
     Degraded,
 }
 
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Output: `text` (one line per item) or `json`.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: CheckFormat,
+    #[command(flatten)]
+    pub labels: LabelArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum VerdictFormat {
     Markdown,
@@ -385,6 +405,15 @@ pub enum Validated {
     Serve(ServeConfig),
     Demo(DemoConfig),
     Verdict(VerdictConfig),
+    Check(CheckConfig),
+}
+
+/// `check`: the database settings of `serve`, and what the load needs to count malformed rows.
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    pub db: DatabaseConfig,
+    pub tally: TallyConfig,
+    pub format: CheckFormat,
 }
 
 pub fn parse_duration(flag: &'static str, raw: &str) -> Result<Duration, ConfigError> {
@@ -716,6 +745,20 @@ impl Command {
                     max_tracked_bookings: 1,
                 };
                 Ok(Validated::Verdict(VerdictConfig { db: a.db.validate()?, tally, format: a.format, rollout }))
+            }
+            Command::Check(a) => {
+                let (reason_cap, event_type_cap) = a.labels.validate()?;
+                let soak = Window { label: "48h".into(), seconds: 172_800 };
+                let tally = TallyConfig {
+                    windows: vec![soak.clone()],
+                    soak,
+                    active_within: Duration::from_secs(600),
+                    reason_cap,
+                    event_type_cap,
+                    stuck_after: Duration::from_secs(900),
+                    max_tracked_bookings: 1,
+                };
+                Ok(Validated::Check(CheckConfig { db: a.db.validate()?, tally, format: a.format }))
             }
         }
     }

@@ -5,7 +5,9 @@
 //!   exporter-toolkit web layer ([`web`]: basic auth, TLS);
 //! - [`landing`]: the page at `/`;
 //! - [`verdict`]: the `verdict` command, which judges a snapshot built from SQL by the same load.
+//! - [`check`]: the `check` command: what the table, the role and the server look like.
 
+pub mod check;
 pub mod http;
 pub mod landing;
 pub mod metrics;

@@ -239,6 +239,7 @@ fn spread(groups: &mut Vec<Group>, et: &str, n: u64, reasons: &[&str], minute: i
         context_not_json: false,
         count,
         last_us: Some(last.0),
+        example_id: None,
     };
     if reasons.is_empty() {
         if n > 0 {

@@ -173,7 +173,7 @@ impl Tally {
             tracing::warn!(
                 kind = kind.label(),
                 column = kind.column(),
-                id = example_id.unwrap_or("(aggregated at start-up: see `rollout-exporter check`)"),
+                id = example_id.unwrap_or("(aggregated at start-up; `rollout-exporter check` counts them)"),
                 "row with odd data counted as docs/metrics.md places it; further rows of this kind \
                  are only counted in rollout_exporter_malformed_rows_total"
             );
@@ -262,7 +262,7 @@ impl Tally {
                 self.add_bucket(&et, minute, g.count, without);
             }
             for kind in events::malformed_kinds(Oddities::of_group(g)) {
-                self.note_malformed(kind, g.count, None);
+                self.note_malformed(kind, g.count, g.example_id.as_deref());
             }
         }
         self.fold_rows(rows);

@@ -67,6 +67,7 @@ fn validate(command: &str, args: &[&str]) -> Result<String, String> {
             let url = match &v {
                 Validated::Serve(cfg) => cfg.db.url.clone(),
                 Validated::Verdict(cfg) => cfg.db.url.clone(),
+                Validated::Check(cfg) => cfg.db.url.clone(),
                 Validated::Demo(_) => unreachable!(),
             };
             let mut shown = format!("{v:?}\n{url}\n{url:?}\n");

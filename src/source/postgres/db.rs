@@ -441,6 +441,107 @@ impl Db {
     }
 }
 
+/// What `check` needs beyond the probe.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub probe: Probe,
+    /// The statements' shape, or why the table cannot be followed (with the fix).
+    pub shape: Result<Shape, String>,
+    /// EXPLAIN of the poll for the last two minutes (empty when the shape was refused).
+    pub poll_plan: String,
+    pub server_version: String,
+    /// The role's own `statement_timeout` (the session default, before the exporter's SET LOCAL).
+    pub role_statement_timeout: String,
+    /// Two transactions in a row ran on different backends: a transaction-mode pooler.
+    pub backend_changed: bool,
+    pub table_bytes: i64,
+    /// `pg_class.reltuples` of the table (and its partitions): the planner's row estimate.
+    pub estimated_rows: f64,
+    pub lag_us: Option<i64>,
+}
+
+/// The inspection's transaction.
+async fn inspect_in(
+    conn: &mut PgConnection,
+    setup: Setup,
+    cfg: DatabaseConfig,
+) -> Result<(Inspection, i32), SourceError> {
+    let (mut tx, as_of) = begin_as_of(conn, &setup).await?;
+    let probe = probe(&mut tx, &cfg.spec, cfg.created_at_time_zone.as_deref()).await?;
+    let shape = probe.shape(&cfg.spec).map_err(|e| e.to_string());
+    let (version, timeout, pid, bytes, rows): (String, String, i32, i64, f64) = sqlx::query_as(
+        "SELECT current_setting('server_version'), (SELECT reset_val FROM pg_settings WHERE name = 'statement_timeout'), \
+                pg_backend_pid(), \
+                coalesce((SELECT sum(pg_total_relation_size(relid))::int8 FROM pg_partition_tree(to_regclass($1))), 0), \
+                coalesce((SELECT sum(greatest(c.reltuples, 0))::float8 FROM pg_partition_tree(to_regclass($1)) t \
+                          JOIN pg_class c ON c.oid = t.relid), 0)",
+    )
+    .persistent(false)
+    .bind(&cfg.spec.table)
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut poll_plan = String::new();
+    if let Ok(shape) = &shape {
+        let q = Queries::new(&cfg.spec, cfg.count_since_us, shape.clone());
+        let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", q.rows_since))
+            .persistent(false)
+            .bind(&cfg.spec.source)
+            .bind(as_of.now.minus(Duration::from_secs(120)).0)
+            .fetch_all(&mut *tx)
+            .await?;
+        poll_plan = lines.join("\n");
+    }
+    tx.commit().await?;
+    let inspection = Inspection {
+        probe,
+        shape,
+        poll_plan,
+        server_version: version,
+        role_statement_timeout: timeout,
+        backend_changed: false,
+        table_bytes: bytes,
+        estimated_rows: rows,
+        lag_us: as_of.lag_us,
+    };
+    Ok((inspection, pid))
+}
+
+impl Db {
+    /// For `check`: the probe, the poll's plan, the role's settings and the table's size, and
+    /// whether a second transaction lands on another backend (a transaction-mode pooler).
+    pub async fn inspect(&mut self) -> Result<Inspection, SourceError> {
+        let setup = self.setup(1, false);
+        let cfg = self.cfg.clone();
+        let first_setup = setup.clone();
+        let (mut inspection, pid) = self
+            .run(1, move |mut conn| {
+                Box::pin(async move {
+                    let r = inspect_in(&mut conn, first_setup, cfg).await;
+                    (conn, r)
+                })
+            })
+            .await?;
+        let second: i32 = self
+            .run(1, move |mut conn| {
+                Box::pin(async move {
+                    let r = async {
+                        let (mut tx, _) = begin(&mut conn, &setup).await?;
+                        let pid: i32 =
+                            sqlx::query_scalar("SELECT pg_backend_pid()").persistent(false).fetch_one(&mut *tx).await?;
+                        tx.commit().await?;
+                        Ok::<_, sqlx::Error>(pid)
+                    }
+                    .await
+                    .map_err(SourceError::from);
+                    (conn, r)
+                })
+            })
+            .await?;
+        inspection.backend_changed = second != pid;
+        Ok(inspection)
+    }
+}
+
 /// The load's transaction: probe, settings, aggregates, recent rows.
 async fn load_in(
     conn: &mut PgConnection,

@@ -131,6 +131,7 @@ pub(super) fn group(r: &PgRow, raw: bool) -> Result<Group, sqlx::Error> {
         folded: r.try_get(8)?,
         lossy_text: lossy_et || lossy_reason,
         context_not_json: false,
+        example_id: text(r, 9, raw)?.0,
     })
 }
 
@@ -138,7 +139,7 @@ pub(super) fn group(r: &PgRow, raw: bool) -> Result<Group, sqlx::Error> {
 /// `reason_cap` reasons of each event type by name and folds the rest, as the SQL load does.
 #[derive(Default)]
 pub(super) struct TextLoad {
-    groups: HashMap<GroupKey, (u64, Option<i64>)>,
+    groups: HashMap<GroupKey, (u64, Option<i64>, Option<String>)>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -161,6 +162,7 @@ impl TextLoad {
         let (context, lossy_ctx) = text(r, 1, raw)?;
         let time = TimeClass::from_code(r.try_get(2)?);
         let us: Option<i64> = r.try_get(3)?;
+        let (id, _) = text(r, 4, raw)?;
         let p = parse_context(context.as_deref());
         let dated = time == TimeClass::Dated;
         let minute = us.filter(|u| dated && *u >= horizon.0).map(|u| UnixMicros(u).minute());
@@ -178,10 +180,14 @@ impl TextLoad {
             lossy: lossy_et || lossy_ctx,
             not_json: p.not_json,
         };
-        let cell = self.groups.entry(key).or_insert((0, None));
+        let odd = key.not_json || key.lossy || key.context != 0 || !dated;
+        let cell = self.groups.entry(key).or_insert((0, None, None));
         cell.0 += 1;
         if dated {
             cell.1 = cell.1.max(us);
+        }
+        if odd && cell.2.is_none() {
+            cell.2 = id;
         }
         Ok(())
     }
@@ -189,7 +195,7 @@ impl TextLoad {
     /// The groups, reasons past `reason_cap` per event type folded.
     pub(super) fn finish(self, reason_cap: usize) -> Vec<Group> {
         let mut totals: HashMap<(Option<String>, Option<String>), u64> = HashMap::new();
-        for (k, (n, _)) in &self.groups {
+        for (k, (n, _, _)) in &self.groups {
             *totals.entry((k.event_type.clone(), k.reason.clone())).or_default() += n;
         }
         let mut ranked: Vec<_> = totals.into_iter().collect();
@@ -209,7 +215,7 @@ impl TextLoad {
         }
         self.groups
             .into_iter()
-            .map(|(k, (count, last_us))| {
+            .map(|(k, (count, last_us, example_id))| {
                 let folded = !kept.contains(&(k.event_type.clone(), k.reason.clone()));
                 let reason = if folded && k.reason.as_deref() != Some("") { None } else { k.reason };
                 Group {
@@ -228,6 +234,7 @@ impl TextLoad {
                     context_not_json: k.not_json,
                     count,
                     last_us,
+                    example_id,
                 }
             })
             .collect()

@@ -65,6 +65,20 @@ impl FollowConfig {
         }
     }
 
+    /// `check`: the same start-up load as `verdict`, over 48 h, to count what it finds.
+    pub fn check(cfg: &crate::config::CheckConfig) -> Self {
+        FollowConfig {
+            poll_interval: Duration::from_secs(1),
+            overlap: Duration::ZERO,
+            reconcile_interval: Duration::from_secs(60),
+            reconcile_window: Duration::ZERO,
+            window_reconcile_interval: Duration::from_secs(300),
+            stream_back: Duration::ZERO,
+            longest_window: cfg.tally.soak.seconds,
+            reason_cap: cfg.tally.reason_cap,
+        }
+    }
+
     /// The `verdict` command: the same start-up load, everything aggregated, minutes of the soak
     /// window only.
     pub fn verdict(cfg: &VerdictConfig) -> Self {
@@ -113,6 +127,11 @@ impl PgSource {
     #[cfg(feature = "testing")]
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// What `check` reports of the table, the role and the server.
+    pub async fn inspect(&mut self) -> Result<db::Inspection, SourceError> {
+        self.db.inspect().await
     }
 
     async fn load_batch(&mut self) -> Result<Batch, SourceError> {

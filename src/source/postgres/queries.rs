@@ -196,16 +196,21 @@ impl Sql<'_> {
             "WITH g AS (\
                SELECT et, left(r #>> '{{}}', 101) AS reason, {t}(r) AS reason_type, ct, class, \
                       CASE WHEN class = 0 AND ca >= {ts3} THEN date_bin({BIN_4}, ca, timestamptz 'epoch') END AS minute, \
-                      count(*)::int8 AS n, max(ca) FILTER (WHERE class = 0) AS last \
-               FROM (SELECT {et}::text AS et, {ctx} -> 'reason' AS r, {t}({ctx}) AS ct, {ca} AS ca, {class} AS class \
+                      count(*)::int8 AS n, max(ca) FILTER (WHERE class = 0) AS last, \
+                      min(id::text) FILTER (WHERE et IS NULL OR ct IS DISTINCT FROM 'object' OR class <> 0 \
+                                              OR {t}(r) NOT IN ('string', 'null') OR r #>> '{{}}' IN ('', '(empty)', 'other') \
+                                              OR et IN ('(null)', 'other')) AS example \
+               FROM (SELECT {id} AS id, {et}::text AS et, {ctx} -> 'reason' AS r, {t}({ctx}) AS ct, {ca} AS ca, \
+                            {class} AS class \
                      FROM {table} WHERE {src} AND ({raw_ca} IS NULL OR {before}){since}) AS rows \
                GROUP BY 1, 2, 3, 4, 5, 6), \
              totals AS (SELECT g.*, sum(n) OVER (PARTITION BY et, reason) AS total FROM g), \
              ranked AS (SELECT totals.*, dense_rank() OVER (PARTITION BY et \
                           ORDER BY total DESC, reason COLLATE \"C\" NULLS FIRST) AS rk FROM totals), \
              capped AS (SELECT et, CASE WHEN rk <= $5 OR reason = '' THEN reason END AS reason, reason_type, ct, \
-                               class, minute, n, last, rk > $5 AS folded FROM ranked) \
-             SELECT {et_out}, {reason_out}, reason_type, ct, class, {minute_us}, sum(n)::int8, {last_us}, folded \
+                               class, minute, n, last, rk > $5 AS folded, example FROM ranked) \
+             SELECT {et_out}, {reason_out}, reason_type, ct, class, {minute_us}, sum(n)::int8, {last_us}, folded, \
+                    {example_out} \
              FROM capped GROUP BY et, reason, reason_type, ct, class, minute, folded",
             ca = self.created(),
             raw_ca = self.spec.created_at,
@@ -217,6 +222,8 @@ impl Sql<'_> {
             reason_out = self.out("reason"),
             minute_us = us("minute"),
             last_us = us("max(last)"),
+            example_out = self.out("min(example)"),
+            id = self.spec.id,
         )
     }
 
@@ -225,10 +232,11 @@ impl Sql<'_> {
     fn load_text(&self, since: &str) -> String {
         let TableSpec { table, event_type: et, context: ctx, .. } = self.spec;
         format!(
-            "SELECT {ett}, {ctxt}, {class}::int4, {cus}, $3::int8, $4::float8, $5::int8 \
+            "SELECT {ett}, {ctxt}, {class}::int4, {cus}, {idt}, $3::int8, $4::float8, $5::int8 \
              FROM {table} WHERE {src} AND ({raw_ca} IS NULL OR {before}){since}",
             ett = self.out(&format!("{et}::text")),
             ctxt = self.out(&format!("{ctx}::text")),
+            idt = self.out(&format!("{}::text", self.spec.id)),
             class = self.time_class(),
             cus = self.created_us(),
             raw_ca = self.spec.created_at,
