@@ -474,3 +474,41 @@ async fn the_gate_fails_closed_when_the_database_goes_away_after_a_go() {
     app.stop().await;
     drop(db);
 }
+
+/// Peak resident memory of a process (VmHWM), KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_storm_of_unique_reasons_starts_within_40_mib_and_the_sums_stay_exact() {
+    let db = TestDb::new().await;
+    // 150,000 errors over two days, each with its own ~330-character reason (field case 16).
+    sqlx::raw_sql(
+        "INSERT INTO observability_events (source, event_type, context, created_at)
+         SELECT 'assignment.coordinator', 'coordinator.error',
+                jsonb_build_object('booking_id', 'b' || g, 'reason', 'upstream failed for request ' || g || ': ' || repeat(md5(g::text), 10)),
+                now() - make_interval(secs => g)
+         FROM generate_series(1, 150000) g;
+         ANALYZE observability_events",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut exporter = Exporter::serve(&db.url, &[], &[]);
+    exporter.ready().await;
+    let peak = peak_rss_kib(exporter.pid());
+    let s = exporter.scrape().await;
+    let errors: Vec<(String, u64)> =
+        s.totals().into_iter().filter(|((et, _), _)| et == "coordinator.error").map(|((_, r), n)| (r, n)).collect();
+    assert_eq!(errors.iter().map(|e| e.1).sum::<u64>(), 150_000, "the sums stay exact");
+    assert_eq!(errors.len(), 51, "50 reasons by name and `other`");
+    assert_eq!(errors.iter().find(|e| e.0 == "other").map(|e| e.1), Some(150_000 - 50));
+    crate::hardening::figure(
+        "unique reasons",
+        &format!("150,000 unique ~330-character reasons: peak RSS {} KiB", peak),
+    );
+    assert!(peak <= 40 * 1024, "peak RSS {peak} KiB > 40 MiB\n{}", exporter.stderr());
+}
