@@ -10,6 +10,7 @@ mod hardening;
 mod harness;
 mod helpers;
 mod real_tables;
+mod replica;
 mod rollout;
 mod seam;
 mod web;
