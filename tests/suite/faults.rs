@@ -62,6 +62,28 @@ impl Cluster {
         Some(c)
     }
 
+    /// A hot standby of `primary` (which must be running): `pg_basebackup -R -X stream` into a new
+    /// directory, started on another free port. None (after [`require_tool`] printed SKIPPED) when
+    /// pg_basebackup is missing. Stopped on drop like any cluster.
+    pub fn replica_of(primary: &Cluster) -> Option<Cluster> {
+        let basebackup = pg_bin("pg_basebackup");
+        if !require_tool(&basebackup) {
+            return None;
+        }
+        let dir = TempDir::new("rex_replica");
+        chown_postgres(dir.path());
+        let data = dir.path().join("data");
+        run_ok(
+            as_postgres(&basebackup)
+                .args(["-h", "127.0.0.1", "-p", &primary.port.to_string(), "-U", "postgres"])
+                .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-D"])
+                .arg(&data),
+        );
+        let c = Cluster { dir, port: free_port() };
+        c.start();
+        Some(c)
+    }
+
     pub fn start(&self) {
         let data = self.dir.path().join("data");
         let log = self.dir.path().join("postgres.log");

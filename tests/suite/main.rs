@@ -12,6 +12,7 @@ mod hardening;
 mod harness;
 mod helpers;
 mod real_tables;
+mod replica;
 mod rollout;
 mod seam;
 mod web;
