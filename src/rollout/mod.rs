@@ -404,7 +404,11 @@ fn fail_closed(verdict: &mut Verdict, f: &Freshness, max_staleness: Option<std::
             (Some(age), Some(max)) if age > max.as_secs_f64() => Some(format!(
                 "stale data: the numbers are {age:.0} s old, more than --max-staleness {} ({})",
                 humantime::format_duration(max),
-                if f.database_up { "the database answers but the data lags" } else { "the database is unreachable" }
+                if f.database_up {
+                    "the database answers but the data lags"
+                } else {
+                    "the polls are failing: the database is unreachable or cannot say how current it is"
+                }
             )),
             _ => None,
         }

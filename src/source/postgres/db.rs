@@ -177,8 +177,9 @@ pub struct PollPlan {
 /// The time a transaction reads as of.
 #[derive(Debug, Clone, Copy)]
 struct AsOf {
-    /// Database `now()`, or on a standby still replaying, the last replayed commit's time.
-    now: UnixMicros,
+    /// Database `now()`, or on a standby still replaying, the last replayed commit's time (None:
+    /// a standby with WAL to replay and no commit replayed since it started: unknown).
+    now: Option<UnixMicros>,
     /// Replay lag on a hot standby, microseconds (None on a primary).
     lag_us: Option<i64>,
 }
@@ -189,14 +190,27 @@ async fn begin_as_of<'c>(
     setup: &Setup,
 ) -> Result<(Transaction<'c, Postgres>, AsOf), sqlx::Error> {
     let mut tx = conn.begin_with(setup.begin).await?;
-    let (now_us, lag_us): (i64, Option<i64>) = sqlx::query_as(NOW_US)
+    let (now_us, lag_us): (Option<i64>, Option<i64>) = sqlx::query_as(NOW_US)
         .persistent(false)
         .bind(&setup.statement_timeout)
         .bind(&setup.zone)
         .bind(setup.client_encoding)
         .fetch_one(&mut *tx)
         .await?;
-    Ok((tx, AsOf { now: UnixMicros(now_us), lag_us }))
+    Ok((tx, AsOf { now: now_us.map(UnixMicros), lag_us }))
+}
+
+impl AsOf {
+    /// The time, or why it cannot be known (a transient state of a freshly started standby).
+    fn known(&self) -> Result<UnixMicros, SourceError> {
+        self.now.ok_or_else(|| {
+            SourceError::Timeout(
+                "the hot standby has WAL to replay and has replayed no commit since it started: how current its \
+                 data is cannot be known yet"
+                    .into(),
+            )
+        })
+    }
 }
 
 /// [`begin_as_of`] for calls that need only the time.
@@ -205,7 +219,7 @@ async fn begin<'c>(
     setup: &Setup,
 ) -> Result<(Transaction<'c, Postgres>, UnixMicros), sqlx::Error> {
     let (tx, as_of) = begin_as_of(conn, setup).await?;
-    Ok((tx, as_of.now))
+    Ok((tx, as_of.now.unwrap_or_default()))
 }
 
 /// Runs a row query (`rows_since`, `rows_between`) with its microsecond bounds.
@@ -365,6 +379,7 @@ impl Db {
             Box::pin(async move {
                 let r = async {
                     let (mut tx, as_of) = begin_as_of(&mut conn, &setup).await?;
+                    let now = as_of.known()?;
                     let counts = if plan.count_from < plan.count_to {
                         sqlx::query_as::<_, (i64, i64)>(&q.minute_counts)
                             .persistent(false)
@@ -382,10 +397,9 @@ impl Db {
                     };
                     let rows = fetch_rows(&mut tx, &q, &q.rows_since, &source, &[plan.rows_from]).await?;
                     tx.commit().await?;
-                    Ok::<_, sqlx::Error>(Polled { now: as_of.now, lag_us: as_of.lag_us, counts, rows })
+                    Ok::<_, SourceError>(Polled { now, lag_us: as_of.lag_us, counts, rows })
                 }
-                .await
-                .map_err(SourceError::from);
+                .await;
                 (conn, r)
             })
         })
@@ -486,7 +500,7 @@ async fn inspect_in(
         let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", q.rows_since))
             .persistent(false)
             .bind(&cfg.spec.source)
-            .bind(as_of.now.minus(Duration::from_secs(120)).0)
+            .bind(as_of.now.unwrap_or_else(UnixMicros::now).minus(Duration::from_secs(120)).0)
             .fetch_all(&mut *tx)
             .await?;
         poll_plan = lines.join("\n");
@@ -552,7 +566,7 @@ async fn load_in(
     reason_cap: usize,
 ) -> Result<(Loaded, Probe, Arc<Queries>), SourceError> {
     let (mut tx, as_of) = begin_as_of(conn, &setup).await?;
-    let now = as_of.now;
+    let now = as_of.known()?;
     let found = probe(&mut tx, &cfg.spec, cfg.created_at_time_zone.as_deref()).await?;
     let shape = found.shape(&cfg.spec)?;
     let q = Arc::new(Queries::new(&cfg.spec, cfg.count_since_us, shape));

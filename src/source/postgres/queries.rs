@@ -294,13 +294,15 @@ impl Queries {
 /// on the session's own zone), and returns the transaction's database time in exact Unix
 /// microseconds, as of what the server has replayed: on a hot standby that is still applying WAL
 /// it received, rows become visible when replay reaches them, so the time is the last replayed
-/// commit's, and the replay lag (microseconds, NULL on a primary) comes back with it.
+/// commit's, and the replay lag (microseconds, NULL on a primary) comes back with it. The time is
+/// NULL when WAL waits to be replayed and no commit has been replayed since the standby started:
+/// then nobody can say how current the data is (the caller refuses to advance).
 pub(super) const NOW_US: &str = "SELECT (extract(epoch FROM as_of) * 1000000)::int8, \
        CASE WHEN standby THEN (extract(epoch FROM (now() - as_of)) * 1000000)::int8 END \
      FROM (SELECT CASE WHEN pg_is_in_recovery() \
                         AND pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn() \
-                        AND pg_last_xact_replay_timestamp() IS NOT NULL \
-                       THEN least(now(), pg_last_xact_replay_timestamp()) ELSE now() END AS as_of, \
+                       THEN nullif(least(now(), coalesce(pg_last_xact_replay_timestamp(), '-infinity')), '-infinity') \
+                       ELSE now() END AS as_of, \
                   pg_is_in_recovery() AS standby \
            FROM (SELECT set_config('statement_timeout', $1, true), set_config('TimeZone', $2, true), \
                         set_config('client_encoding', $3, true)) AS settings) AS t";
