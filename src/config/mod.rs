@@ -5,6 +5,7 @@
 //! [`VerdictConfig`]; nothing downstream sees an unvalidated value. Errors name the flag and exit 2.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -72,13 +73,13 @@ pub enum Command {
     Check(Box<CheckArgs>),
 }
 
-/// Where the database is and how the events table is shaped.
-#[derive(Debug, Args)]
+/// Where the database is and how the events table is shaped. `Debug` shows the URL redacted.
+#[derive(Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL, e.g. postgres://exporter@db:6543/app?sslmode=verify-full (percent-encode
     /// `/ ? # @ %` in the password), or a libpq key=value string (host=db port=6543 user=exporter
     /// password='...' dbname=app). Never logged; errors show it with the password as `***`.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, allow_hyphen_values = true)]
     pub database_url: Option<String>,
     /// File holding the PostgreSQL URL or key=value string (a mounted secret); used when
     /// --database-url is not given.
@@ -121,6 +122,17 @@ pub struct DatabaseArgs {
     /// old rows, so a restart does not seed a lower counter.
     #[arg(long, env = "COUNT_SINCE")]
     pub count_since: Option<String>,
+}
+
+impl fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field("database_url_file", &self.database_url_file)
+            .field("table", &self.table)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The rollout: flags, phase and gate.
