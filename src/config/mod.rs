@@ -260,6 +260,10 @@ pub struct VerdictArgs {
     /// Output: `markdown` (for the verification record) or `json`.
     #[arg(long, value_enum, default_value = "markdown")]
     pub format: VerdictFormat,
+    /// Judge the soak as of this past instant (RFC 3339): the window ends here and rows count by
+    /// `created_at` before it. Default: the database's now().
+    #[arg(long)]
+    pub at: Option<String>,
     #[command(flatten)]
     pub labels: LabelArgs,
     #[command(flatten)]
@@ -408,6 +412,8 @@ pub struct VerdictConfig {
     pub tally: TallyConfig,
     pub format: VerdictFormat,
     pub rollout: RolloutConfig,
+    /// `--at`: judge as of this instant instead of now.
+    pub at: Option<crate::time::UnixMicros>,
 }
 
 /// A validated command: what `main` dispatches on. Built once at start, so its size is no concern.
@@ -756,7 +762,20 @@ impl Command {
                     stuck_after: Duration::from_secs(900),
                     max_tracked_bookings: 1,
                 };
-                Ok(Validated::Verdict(VerdictConfig { db: a.db.validate()?, tally, format: a.format, rollout }))
+                let at = match a.at.as_deref() {
+                    None => None,
+                    Some(raw) => {
+                        let us = parse_rfc3339_us("--at", raw)?;
+                        if us > crate::time::UnixMicros::now().0 + 60_000_000 {
+                            return Err(bad(
+                                "--at",
+                                format!("{raw:?} is in the future; the verdict as of now needs no --at"),
+                            ));
+                        }
+                        Some(crate::time::UnixMicros(us))
+                    }
+                };
+                Ok(Validated::Verdict(VerdictConfig { db: a.db.validate()?, tally, format: a.format, rollout, at }))
             }
             Command::Check(a) => {
                 let (reason_cap, event_type_cap) = a.labels.validate()?;

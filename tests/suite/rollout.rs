@@ -384,3 +384,72 @@ async fn the_live_gate_and_the_verdict_command_give_the_same_verdict_json_with_n
     assert_eq!(other["success_rate_percent"], 60.0, "30 of the 50 have no reason");
     app.stop().await;
 }
+
+/// A soak whose decision changes over time: a start and a confirmation every minute for 70 hours,
+/// and a bad stretch of 200 manual reviews 60 to 58 hours ago. Returns (the minute now, in RFC 3339
+/// terms, as Unix seconds, and the phase start).
+async fn soak_with_a_bad_stretch(db: &TestDb) -> (i64, String) {
+    let now: i64 = sqlx::query_scalar("SELECT extract(epoch FROM date_trunc('minute', now()))::int8")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    for et in ["coordinator.start", "coordinator.confirmed"] {
+        db.events()
+            .event_type(et)
+            .count(70 * 60)
+            .at(&format!("to_timestamp({now}) - make_interval(mins => g::int)"))
+            .insert()
+            .await;
+    }
+    db.events()
+        .event_type("coordinator.manual_review")
+        .reason("ambiguous_address")
+        .count(200)
+        .at(&format!("to_timestamp({now}) - interval '58 hours' - make_interval(secs => g * 36)"))
+        .insert()
+        .await;
+    let started =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs((now - 70 * 3600) as u64));
+    (now, started.to_string())
+}
+
+#[tokio::test]
+async fn verdict_at_a_past_instant_equals_sql_over_the_window_ending_there_and_follows_the_bad_stretch() {
+    let db = TestDb::new().await;
+    let (now, started) = soak_with_a_bad_stretch(&db).await;
+    let dir = TempDir::new("rex_flags");
+    let flags = flags_file(&dir, "true", "false");
+    for (hours_ago, expected) in [(65, "pending"), (30, "no_go"), (1, "go")] {
+        let at = now - hours_ago * 3600;
+        let at_text =
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(at as u64)).to_string();
+        let (code, json) =
+            verdict_cli(&db.url, &flags, &["--format", "json", "--phase-started-at", &started, "--at", &at_text]);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+        assert_eq!(v["decision"], expected, "{hours_ago} h ago: {v:#}");
+        assert_eq!(v["evaluated_at"], at_text.as_str());
+        assert_eq!(code, [("go", 0), ("no_go", 1), ("pending", 3)].iter().find(|c| c.0 == expected).unwrap().1);
+        // The SQL truth over [T - 48h, T), the start minute-aligned (docs/metrics.md).
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT event_type, count(*), count(*) FILTER (WHERE context->>'reason' IS NULL) FROM observability_events
+             WHERE source = 'assignment.coordinator' AND created_at >= to_timestamp(floor(($1::int8 - 172800) / 60.0) * 60)
+               AND created_at < to_timestamp($1::int8) GROUP BY 1 ORDER BY 1",
+        )
+        .bind(at)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let runbook = v["runbook"].as_array().unwrap();
+        assert_eq!(runbook.len(), rows.len(), "{hours_ago} h ago: {runbook:?} vs {rows:?}");
+        for (row, (et, total, _)) in runbook.iter().zip(&rows) {
+            assert_eq!((row["event_type"].as_str(), row["total"].as_i64()), (Some(et.as_str()), Some(*total)));
+        }
+        let count = |et: &str| rows.iter().find(|r| r.0 == et).map_or(0, |r| r.1);
+        assert_eq!(v["criteria"][0]["numerator"], count("coordinator.confirmed"));
+        assert_eq!(v["criteria"][1]["numerator"], count("coordinator.manual_review"));
+        assert_eq!(v["criteria"][1]["denominator"], count("coordinator.start"));
+    }
+    // A future instant is a usage error.
+    let (code, _) = verdict_cli(&db.url, &flags, &["--at", "2999-01-01T00:00:00Z"]);
+    assert_eq!(code, 2);
+}

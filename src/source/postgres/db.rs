@@ -135,6 +135,19 @@ pub struct Db {
     probe: Option<Probe>,
 }
 
+/// What a start-up load reads.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadPlan {
+    /// Rows newer than this are returned one by one; older ones aggregated.
+    pub stream_back: Duration,
+    /// Seconds of the longest window: minutes are returned this far back.
+    pub longest_window: u64,
+    /// `--reason-cap`: reasons returned by name per event type.
+    pub reason_cap: usize,
+    /// As of this past instant (`verdict --at`): only rows created before it, nothing streamed.
+    pub as_of: Option<UnixMicros>,
+}
+
 /// What the start-up load found.
 pub struct Loaded {
     pub now: UnixMicros,
@@ -350,18 +363,13 @@ impl Db {
     /// `now - stream_back` and for rows without an instant, and rows one by one from there on
     /// (they seed the overlap de-duplication and the booking state machine). `longest_window`
     /// (seconds) bounds the minutes returned; `reason_cap` the reasons returned by name.
-    pub async fn load(
-        &mut self,
-        stream_back: Duration,
-        longest_window: u64,
-        reason_cap: usize,
-    ) -> Result<Loaded, SourceError> {
+    pub async fn load(&mut self, plan: LoadPlan) -> Result<Loaded, SourceError> {
         let setup = self.setup(10, true);
         let cfg = self.cfg.clone();
         let (loaded, probe, queries) = self
             .run(10, move |mut conn| {
                 Box::pin(async move {
-                    let r = load_in(&mut conn, setup, cfg, stream_back, longest_window, reason_cap).await;
+                    let r = load_in(&mut conn, setup, cfg, plan).await;
                     (conn, r)
                 })
             })
@@ -561,12 +569,15 @@ async fn load_in(
     conn: &mut PgConnection,
     mut setup: Setup,
     cfg: DatabaseConfig,
-    stream_back: Duration,
-    longest_window: u64,
-    reason_cap: usize,
+    plan: LoadPlan,
 ) -> Result<(Loaded, Probe, Arc<Queries>), SourceError> {
+    let LoadPlan { stream_back, longest_window, reason_cap, as_of: at } = plan;
     let (mut tx, as_of) = begin_as_of(conn, &setup).await?;
-    let now = as_of.known()?;
+    let now = match at {
+        // As of a past instant: rows created before it, the windows ending at it.
+        Some(at) => at.min(as_of.known()?),
+        None => as_of.known()?,
+    };
     let found = probe(&mut tx, &cfg.spec, cfg.created_at_time_zone.as_deref()).await?;
     let shape = found.shape(&cfg.spec)?;
     let q = Arc::new(Queries::new(&cfg.spec, cfg.count_since_us, shape));
@@ -588,7 +599,10 @@ async fn load_in(
     let horizon = minute_start(window_start_minute(now, longest_window));
     sqlx::query(LOAD_PLANNER_HINTS).persistent(false).execute(&mut *tx).await?;
     let groups = load_groups(&mut tx, &q, &cfg.spec.source, (stream_from, horizon), reason_cap).await?;
-    let rows = fetch_rows(&mut tx, &q, &q.rows_since, &cfg.spec.source, &[stream_from]).await?;
+    let rows = match at {
+        Some(_) => Vec::new(),
+        None => fetch_rows(&mut tx, &q, &q.rows_since, &cfg.spec.source, &[stream_from]).await?,
+    };
     tx.commit().await?;
     if found.zone.source != "default" && q.shape.timestamp_without_zone {
         tracing::info!(zone = %found.zone.name, from = found.zone.source, "created_at has no time zone: read in this zone");

@@ -21,7 +21,7 @@ pub mod queries;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-pub use db::{Db, SourceError};
+pub use db::{Db, LoadPlan, SourceError};
 use db::{MinuteCount, PollPlan};
 use dedup::{ranges, Seen};
 
@@ -48,6 +48,8 @@ pub struct FollowConfig {
     pub longest_window: u64,
     /// `--reason-cap`: the load returns this many reasons per event type by name.
     pub reason_cap: usize,
+    /// Load as of this past instant (`verdict --at`).
+    pub as_of: Option<UnixMicros>,
 }
 
 impl FollowConfig {
@@ -62,6 +64,7 @@ impl FollowConfig {
             stream_back: cfg.overlap.max(cfg.reconcile_window).max(cfg.tally.stuck_after * 2),
             longest_window: cfg.tally.windows.iter().map(|w| w.seconds).max().unwrap_or(0),
             reason_cap: cfg.tally.reason_cap,
+            as_of: None,
         }
     }
 
@@ -76,6 +79,7 @@ impl FollowConfig {
             stream_back: Duration::ZERO,
             longest_window: cfg.tally.soak.seconds,
             reason_cap: cfg.tally.reason_cap,
+            as_of: None,
         }
     }
 
@@ -91,6 +95,7 @@ impl FollowConfig {
             stream_back: Duration::ZERO,
             longest_window: cfg.rollout.soak.seconds,
             reason_cap: cfg.tally.reason_cap,
+            as_of: cfg.at,
         }
     }
 }
@@ -135,7 +140,13 @@ impl PgSource {
     }
 
     async fn load_batch(&mut self) -> Result<Batch, SourceError> {
-        let loaded = self.db.load(self.cfg.stream_back, self.cfg.longest_window, self.cfg.reason_cap).await?;
+        let plan = LoadPlan {
+            stream_back: self.cfg.stream_back,
+            longest_window: self.cfg.longest_window,
+            reason_cap: self.cfg.reason_cap,
+            as_of: self.cfg.as_of,
+        };
+        let loaded = self.db.load(plan).await?;
         let mut seen = Seen::complete_from(loaded.now.minus(self.cfg.stream_back).0);
         for r in &loaded.rows {
             seen.insert(r);
