@@ -68,6 +68,7 @@ impl Ingest {
         s.ingest.read_rows += batch.stats.read_rows;
         s.ingest.late_rows += batch.stats.late_rows;
         s.ingest.reconciled_rows += batch.stats.reconciled_rows;
+        s.ingest.rebuilt_minutes += batch.stats.rebuilt_minutes;
         if let Some(n) = batch.stats.tracked_ids {
             s.ingest.tracked_ids = n;
         }

@@ -65,4 +65,6 @@ pub struct IngestStats {
     pub reconciled_rows: u64,
     /// Row ids the source holds for de-duplication.
     pub tracked_ids: u64,
+    /// Minutes of the window rebuilt because their rows changed (deletions).
+    pub rebuilt_minutes: u64,
 }

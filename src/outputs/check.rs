@@ -153,12 +153,21 @@ fn access_items(cfg: &CheckConfig, x: &Inspection, out: &mut Vec<Item>) {
         item("row level security", Status::Ok, format!("on; {role} is {why}"), None)
     };
     out.push(rls);
+    let superuser = p.rls.bypass && p.can_write;
     out.push(if !p.can_select {
         item(
             "privileges",
             Status::Fail,
             format!("{role} may not SELECT from {table}"),
             Some(format!("GRANT SELECT ON {table} TO {role};")),
+        )
+    } else if superuser {
+        let fix = "connect as the read-only role of deploy/sql/role.sql".to_string();
+        item(
+            "privileges",
+            Status::Warn,
+            format!("{role} may write and bypasses row level security (a superuser?)"),
+            Some(fix),
         )
     } else if p.can_write {
         let fix = format!("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {table} FROM {role};  -- deploy/sql/role.sql");
@@ -295,6 +304,10 @@ pub async fn run(cfg: &CheckConfig) -> Report {
             access_items(cfg, &x, &mut items);
             if x.shape.is_ok() {
                 load_items(cfg, &x, &mut items).await;
+            } else {
+                let detail =
+                    "the index, the start-up load and the malformed rows are checked once the FAIL above is fixed";
+                items.push(item("skipped", Status::Warn, detail, None));
             }
         }
     }

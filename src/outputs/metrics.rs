@@ -189,11 +189,17 @@ pub const RECONCILED_ROWS: Family = family(
     &[],
     "Rows older than the overlap margin found by reconciliation (transactions that outlived the overlap).",
 );
+pub const REBUILT_MINUTES: Family = family(
+    "rollout_exporter_window_buckets_rebuilt_total",
+    C,
+    &[],
+    "Minutes of the longest window whose buckets were rebuilt because their rows changed (deleted rows).",
+);
 pub const TRACKED_IDS: Family =
     family("rollout_exporter_tracked_ids", G, &[], "Row ids held for de-duplication and reconciliation.");
 
 /// Every family the exporter defines (the process collector adds the standard `process_*`).
-pub const FAMILIES: [&Family; 39] = [
+pub const FAMILIES: [&Family; 40] = [
     &EVENTS_TOTAL,
     &WINDOW_EVENTS,
     &SUCCESS_RATIO,
@@ -232,6 +238,7 @@ pub const FAMILIES: [&Family; 39] = [
     &POLLED_ROWS,
     &LATE_EVENTS,
     &RECONCILED_ROWS,
+    &REBUILT_MINUTES,
     &TRACKED_IDS,
 ];
 
@@ -428,6 +435,7 @@ fn ingest_metrics(st: &IngestStats, out: &mut Out) {
     out.sample(&POLLED_ROWS, &[], st.read_rows as f64);
     out.sample(&LATE_EVENTS, &[], st.late_rows as f64);
     out.sample(&RECONCILED_ROWS, &[], st.reconciled_rows as f64);
+    out.sample(&REBUILT_MINUTES, &[], st.rebuilt_minutes as f64);
     out.sample(&TRACKED_IDS, &[], st.tracked_ids as f64);
 }
 

@@ -50,6 +50,8 @@ pub struct BatchStats {
     pub tracked_ids: Option<u64>,
     /// Replay lag of the hot standby read from, microseconds (None: a primary, or no database).
     pub replica_lag_us: Option<i64>,
+    /// Minutes of the window rebuilt because their rows changed (deletions).
+    pub rebuilt_minutes: u64,
 }
 
 /// A source of events for the ingest loop.

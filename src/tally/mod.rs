@@ -173,7 +173,7 @@ impl Tally {
             tracing::warn!(
                 kind = kind.label(),
                 column = kind.column(),
-                id = example_id.unwrap_or("(aggregated at start-up; `rollout-exporter check` counts them)"),
+                id = example_id.unwrap_or("(counted in the start-up aggregates: no single row id)"),
                 "row with odd data counted as docs/metrics.md places it; further rows of this kind \
                  are only counted in rollout_exporter_malformed_rows_total"
             );

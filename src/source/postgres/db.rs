@@ -492,10 +492,14 @@ async fn inspect_in(
     let probe = probe(&mut tx, &cfg.spec, cfg.created_at_time_zone.as_deref()).await?;
     let shape = probe.shape(&cfg.spec).map_err(|e| e.to_string());
     let (version, timeout, pid, bytes, rows): (String, String, i32, i64, f64) = sqlx::query_as(
-        "SELECT current_setting('server_version'), (SELECT reset_val FROM pg_settings WHERE name = 'statement_timeout'), \
+        "SELECT current_setting('server_version'), \
+                (SELECT reset_val || CASE WHEN reset_val = '0' THEN '' ELSE coalesce(' ' || unit, '') END \
+                 FROM pg_settings WHERE name = 'statement_timeout'), \
                 pg_backend_pid(), \
-                coalesce((SELECT sum(pg_total_relation_size(relid))::int8 FROM pg_partition_tree(to_regclass($1))), 0), \
-                coalesce((SELECT sum(greatest(c.reltuples, 0))::float8 FROM pg_partition_tree(to_regclass($1)) t \
+                coalesce((SELECT sum(pg_total_relation_size(relid))::int8 FROM \
+                          (SELECT relid FROM pg_partition_tree(to_regclass($1)) UNION SELECT to_regclass($1)) t), 0), \
+                coalesce((SELECT sum(greatest(c.reltuples, 0))::float8 FROM \
+                          (SELECT relid FROM pg_partition_tree(to_regclass($1)) UNION SELECT to_regclass($1)) t \
                           JOIN pg_class c ON c.oid = t.relid), 0)",
     )
     .persistent(false)
@@ -505,6 +509,9 @@ async fn inspect_in(
     let mut poll_plan = String::new();
     if let Ok(shape) = &shape {
         let q = Queries::new(&cfg.spec, cfg.count_since_us, shape.clone());
+        // Whether the poll CAN use the index: on a small table the planner rightly prefers a
+        // sequential scan, which says nothing about the table the exporter will follow.
+        sqlx::query("SELECT set_config('enable_seqscan', 'off', true)").persistent(false).execute(&mut *tx).await?;
         let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", q.rows_since))
             .persistent(false)
             .bind(&cfg.spec.source)

@@ -216,6 +216,7 @@ impl PgSource {
         fresh.extend(polled.rows.into_iter().filter(|row| self.seen.insert(row)));
         self.hold(&fresh);
         let replaced = self.window_check(watermark).await?;
+        stats.rebuilt_minutes = replaced.len() as u64;
         let now = polled.now.max(watermark);
         self.watermark = Some(now);
         let keep_back = self.cfg.reconcile_window.max(self.cfg.overlap);
@@ -260,10 +261,10 @@ impl PgSource {
         for m in differing {
             let rows = self.db.rows_between(minute_start(m), minute_start(m + 1)).await?;
             tracing::info!(
-                minute = m,
-                before = self.held.get(&m).copied().unwrap_or(0),
-                now = rows.len(),
-                "a minute of the window changed: rebuilt"
+                minute = %minute_start(m).rfc3339(),
+                rows_before = self.held.get(&m).copied().unwrap_or(0),
+                rows_now = rows.len(),
+                "rows of this minute were deleted (or appeared late): its window buckets were rebuilt"
             );
             self.held.insert(m, rows.len() as u64);
             replaced.push(MinuteRows { minute: m, rows });
