@@ -60,6 +60,16 @@ fn main() -> ExitCode {
         match validated {
             Validated::Serve(cfg) => serve(App::build_serve(cfg).await).await,
             Validated::Demo(cfg) => serve(App::build_demo(cfg).await).await,
+            Validated::Backtest(cfg) => match rollout_exporter::outputs::backtest::run(&cfg).await {
+                Ok(verdicts) => {
+                    print!("{}", rollout_exporter::outputs::backtest::render(&verdicts, cfg.format));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rollout-exporter: backtest unavailable: {e}");
+                    ExitCode::from(EXIT_UNAVAILABLE)
+                }
+            },
             Validated::Check(cfg) => {
                 let report = rollout_exporter::outputs::check::run(&cfg).await;
                 print!("{}", rollout_exporter::outputs::check::render(&report, cfg.format));

@@ -71,6 +71,9 @@ pub enum Command {
     /// Connect as `serve` would and check the table, the role and the server: one line per item
     /// (ok / warn / FAIL) with the fix; exit 0 when nothing fails, 1 when something does.
     Check(Box<CheckArgs>),
+    /// Replay the soak over a past range: the verdict at every step from --from to --to, from one
+    /// load (jsonl, csv or a markdown timeline). What-if thresholds change the judgement, not the data.
+    Backtest(Box<BacktestArgs>),
 }
 
 /// Where the database is and how the events table is shaped. `Debug` shows the URL redacted.
@@ -277,6 +280,38 @@ pub enum Scenario {
 }
 
 #[derive(Debug, Args)]
+pub struct BacktestArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// First step (RFC 3339, a whole minute).
+    #[arg(long)]
+    pub from: String,
+    /// Last step (RFC 3339, a whole minute; included).
+    #[arg(long)]
+    pub to: String,
+    /// Time between steps (whole minutes).
+    #[arg(long, default_value = "5m")]
+    pub step: String,
+    /// Soak window to judge at each step.
+    #[arg(long, env = "SOAK_WINDOW", default_value = "48h")]
+    pub soak: String,
+    /// Output: `jsonl` (one verdict per step), `csv`, or `markdown` (a timeline).
+    #[arg(long, value_enum, default_value = "markdown")]
+    pub format: BacktestFormat,
+    #[command(flatten)]
+    pub labels: LabelArgs,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BacktestFormat {
+    Jsonl,
+    Csv,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub db: DatabaseArgs,
@@ -424,6 +459,21 @@ pub enum Validated {
     Demo(DemoConfig),
     Verdict(VerdictConfig),
     Check(CheckConfig),
+    Backtest(BacktestConfig),
+}
+
+/// `backtest`: the verdict's settings over a range of past instants.
+#[derive(Debug, Clone)]
+pub struct BacktestConfig {
+    pub db: DatabaseConfig,
+    /// The soak window only, with the label caps.
+    pub tally: TallyConfig,
+    pub rollout: RolloutConfig,
+    pub from: crate::time::UnixMicros,
+    pub to: crate::time::UnixMicros,
+    /// Microseconds, a whole number of minutes.
+    pub step_us: i64,
+    pub format: BacktestFormat,
 }
 
 /// `check`: the database settings of `serve`, and what the load needs to count malformed rows.
@@ -631,6 +681,48 @@ impl RolloutArgs {
     }
 }
 
+impl BacktestArgs {
+    fn validate(&self) -> Result<BacktestConfig, ConfigError> {
+        use crate::time::{UnixMicros, MINUTE};
+        let soak = window("--soak", &self.soak)?;
+        let rollout = self.rollout.validate(soak.clone())?;
+        let (reason_cap, event_type_cap) = self.labels.validate()?;
+        let instant = |flag: &'static str, raw: &str| -> Result<UnixMicros, ConfigError> {
+            let us = parse_rfc3339_us(flag, raw)?;
+            if us % MINUTE != 0 {
+                return Err(bad(flag, format!("{raw:?}: steps are whole minutes (seconds 00)")));
+            }
+            Ok(UnixMicros(us))
+        };
+        let (from, to) = (instant("--from", &self.from)?, instant("--to", &self.to)?);
+        if from > to {
+            return Err(bad("--to", "must not be before --from"));
+        }
+        if to > UnixMicros::now() {
+            return Err(bad("--to", "is in the future"));
+        }
+        let step = window("--step", &self.step)?;
+        let tally = TallyConfig {
+            windows: vec![soak.clone()],
+            soak,
+            active_within: rollout.active_within,
+            reason_cap,
+            event_type_cap,
+            stuck_after: Duration::from_secs(900),
+            max_tracked_bookings: 1,
+        };
+        Ok(BacktestConfig {
+            db: self.db.validate()?,
+            tally,
+            rollout,
+            from,
+            to,
+            step_us: step.seconds as i64 * 1_000_000,
+            format: self.format,
+        })
+    }
+}
+
 impl LabelArgs {
     /// (reason cap, event type cap).
     fn validate(&self) -> Result<(usize, usize), ConfigError> {
@@ -777,6 +869,7 @@ impl Command {
                 };
                 Ok(Validated::Verdict(VerdictConfig { db: a.db.validate()?, tally, format: a.format, rollout, at }))
             }
+            Command::Backtest(a) => Ok(Validated::Backtest(a.validate()?)),
             Command::Check(a) => {
                 let (reason_cap, event_type_cap) = a.labels.validate()?;
                 let soak = Window { label: "48h".into(), seconds: 172_800 };

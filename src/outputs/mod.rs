@@ -6,7 +6,9 @@
 //! - [`landing`]: the page at `/`;
 //! - [`verdict`]: the `verdict` command, which judges a snapshot built from SQL by the same load.
 //! - [`check`]: the `check` command: what the table, the role and the server look like.
+//! - [`backtest`]: the verdict at every step of a past range, from one load.
 
+pub mod backtest;
 pub mod check;
 pub mod http;
 pub mod landing;

@@ -220,7 +220,7 @@ impl Tally {
     /// part of the load came aggregated and what part row by row: event types by rows (most first,
     /// then by value), then the reasons of each type the same way, so the most frequent values win
     /// the capped labels.
-    fn rank_labels(&mut self, groups: &[Group], rows: &[Row]) {
+    pub fn rank_labels(&mut self, groups: &[Group], rows: &[Row]) {
         let mut per_type: HashMap<Option<&str>, u64> = HashMap::new();
         let mut per_reason: HashMap<RawPair<'_>, u64> = HashMap::new();
         let pairs = groups
@@ -248,6 +248,13 @@ impl Tally {
     /// Folds a start-up load: aggregates of the older rows and the recent rows one by one.
     pub fn fold_load(&mut self, groups: &[Group], rows: &mut [Row]) {
         self.rank_labels(groups, rows);
+        self.fold_groups(groups);
+        self.fold_rows(rows);
+    }
+
+    /// Folds aggregates whose labels [`Tally::rank_labels`] already handed out (a backtest folds
+    /// the minutes of a long load step by step).
+    pub fn fold_groups<'g>(&mut self, groups: impl IntoIterator<Item = &'g Group>) {
         for g in groups {
             let raw = (g.event_type.as_deref(), g.reason.as_deref());
             let last = g.last_us.filter(|_| g.time == TimeClass::Dated).map(UnixMicros);
@@ -265,7 +272,6 @@ impl Tally {
                 self.note_malformed(kind, g.count, g.example_id.as_deref());
             }
         }
-        self.fold_rows(rows);
     }
 
     /// Folds single rows (a poll's new rows, or the demo's). Rows need not be sorted.

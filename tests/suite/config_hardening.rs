@@ -68,6 +68,7 @@ fn validate(command: &str, args: &[&str]) -> Result<String, String> {
                 Validated::Serve(cfg) => cfg.db.url.clone(),
                 Validated::Verdict(cfg) => cfg.db.url.clone(),
                 Validated::Check(cfg) => cfg.db.url.clone(),
+                Validated::Backtest(cfg) => cfg.db.url.clone(),
                 Validated::Demo(_) => unreachable!(),
             };
             let mut shown = format!("{v:?}\n{url}\n{url:?}\n");

@@ -453,3 +453,66 @@ async fn verdict_at_a_past_instant_equals_sql_over_the_window_ending_there_and_f
     let (code, _) = verdict_cli(&db.url, &flags, &["--at", "2999-01-01T00:00:00Z"]);
     assert_eq!(code, 2);
 }
+
+#[tokio::test]
+async fn backtest_steps_equal_verdict_at_and_show_the_decision_changing() {
+    let db = TestDb::new().await;
+    let (now, started) = soak_with_a_bad_stretch(&db).await;
+    let dir = TempDir::new("rex_flags");
+    let flags = flags_file(&dir, "true", "false");
+    let rfc =
+        |t: i64| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t as u64)).to_string();
+    let (from, to) = (now - 66 * 3600, now - 3600);
+    let common = ["--database-url", &db.url, "--flags-file", &flags, "--phase-started-at", &started];
+    let backtest = |format: &str| {
+        let mut args = vec!["backtest"];
+        args.extend_from_slice(&common);
+        let (from, to) = (rfc(from), rfc(to));
+        args.extend_from_slice(&[
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--step",
+            "1h",
+            "--format",
+            format,
+            "--environment",
+            "staging",
+        ]);
+        let (code, out, err) = run_bin(&args);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let lines: Vec<serde_json::Value> = backtest("jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 66, "both ends included");
+    let decisions: Vec<&str> = lines.iter().map(|v| v["decision"].as_str().unwrap()).collect();
+    assert_eq!(decisions.first(), Some(&"pending"), "before the soak elapsed");
+    assert!(decisions.contains(&"no_go"), "the bad stretch inside the window");
+    assert_eq!(decisions.last(), Some(&"go"), "after it left");
+    // Each sampled step equals `verdict --at` for the same instant, field for field.
+    for k in [0, 20, 37, 65] {
+        let at = rfc(from + k as i64 * 3600);
+        let (_, json) =
+            verdict_cli(&db.url, &flags, &["--format", "json", "--phase-started-at", &started, "--at", &at]);
+        let at_verdict: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(lines[k], at_verdict, "step {k} ({at})");
+    }
+    let md = backtest("markdown");
+    assert!(
+        md.contains("| **PENDING** |")
+            && md.contains("| **NO_GO** | manual_review_ratio")
+            && md.contains("| **GO** | none"),
+        "{md}"
+    );
+    let csv = backtest("csv");
+    assert_eq!(csv.lines().count(), 67);
+    assert!(csv.starts_with("evaluated_at,decision,"));
+    // What-if thresholds change the judgement, not the data.
+    let mut args = vec!["backtest"];
+    args.extend_from_slice(&common);
+    let (f, t) = (rfc(to), rfc(to));
+    args.extend_from_slice(&["--from", &f, "--to", &t, "--format", "jsonl", "--min-success-ratio", "1.01"]);
+    let (code, _, err) = run_bin(&args);
+    assert_eq!(code, 2, "a ratio above 1 is a usage error: {err}");
+}

@@ -68,6 +68,22 @@ impl FollowConfig {
         }
     }
 
+    /// `backtest`: the load as of `--to`, its minutes reaching back to the first step's window.
+    pub fn backtest(cfg: &crate::config::BacktestConfig) -> Self {
+        let span = ((cfg.to.0 - cfg.from.0) / 1_000_000) as u64;
+        FollowConfig {
+            poll_interval: Duration::from_secs(1),
+            overlap: Duration::ZERO,
+            reconcile_interval: Duration::from_secs(60),
+            reconcile_window: Duration::ZERO,
+            window_reconcile_interval: Duration::from_secs(300),
+            stream_back: Duration::ZERO,
+            longest_window: cfg.tally.soak.seconds + span + 60,
+            reason_cap: cfg.tally.reason_cap,
+            as_of: Some(cfg.to),
+        }
+    }
+
     /// `check`: the same start-up load as `verdict`, over 48 h, to count what it finds.
     pub fn check(cfg: &crate::config::CheckConfig) -> Self {
         FollowConfig {

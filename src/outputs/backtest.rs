@@ -1,0 +1,117 @@
+//! `rollout-exporter backtest`: the verdict at every step of a past range, from ONE load of
+//! per-minute aggregates over `[from - soak, to]` slid in memory (not one query per step). Each step
+//! folds the minutes before it into the same tally the live exporter uses and judges the same
+//! [`Evidence`] with the same [`decide`], so every step equals `verdict --at` at that instant.
+
+use std::fmt::Write;
+
+use crate::config::{BacktestConfig, BacktestFormat};
+use crate::rollout::phase::read_flags;
+use crate::rollout::{decide, Context, CriterionKind, Decision, Evidence, Verdict};
+use crate::source::postgres::{FollowConfig, PgSource};
+use crate::source::{Source, SourceError};
+use crate::tally::Tally;
+
+/// Every step's verdict, `from` to `to` inclusive.
+pub async fn run(cfg: &BacktestConfig) -> Result<Vec<Verdict>, SourceError> {
+    let mut source = PgSource::new(cfg.db.clone(), FollowConfig::backtest(cfg))?;
+    let mut groups = source.load().await?.groups;
+    groups.sort_by_key(|g| g.minute);
+    let mut tally = Tally::new(cfg.tally.clone());
+    tally.rank_labels(&groups, &[]);
+    let timeless = groups.partition_point(|g| g.minute.is_none());
+    let (timeless, dated) = groups.split_at(timeless);
+    tally.advance(cfg.from);
+    tally.fold_groups(timeless);
+    let phase = read_flags(cfg.rollout.flags_file.as_ref());
+    let mut verdicts = Vec::new();
+    let mut folded = 0;
+    let mut at = cfg.from;
+    while at <= cfg.to {
+        let upto = dated.partition_point(|g| g.minute.is_some_and(|m| m < at.minute()));
+        tally.fold_groups(&dated[folded..upto.max(folded)]);
+        folded = upto.max(folded);
+        tally.advance(at);
+        let evidence = Evidence::from_view(&tally.view(), &cfg.rollout.soak);
+        verdicts.push(decide(
+            &evidence,
+            &Context {
+                environment: &cfg.rollout.environment,
+                phase: &phase,
+                phase_started_at: cfg.rollout.phase_started_at,
+                window: &cfg.rollout.soak,
+                thresholds: cfg.rollout.thresholds,
+            },
+        ));
+        at = at.plus_us(cfg.step_us);
+    }
+    Ok(verdicts)
+}
+
+/// The criteria that failed, by label, comma-separated ("" when all pass).
+fn failing(v: &Verdict) -> String {
+    v.criteria.iter().filter(|c| !c.pass).map(|c| c.name.label()).collect::<Vec<_>>().join(",")
+}
+
+fn csv(verdicts: &[Verdict]) -> String {
+    let mut s = String::from(
+        "evaluated_at,decision,success_ratio,manual_review_ratio,starts,confirmed,manual_review,failing\n",
+    );
+    for v in verdicts {
+        let (success, manual) = (&v.criteria[0], &v.criteria[1]);
+        let ratio = |o: Option<f64>| o.map_or(String::new(), |r| format!("{r:.6}"));
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{},\"{}\"",
+            v.evaluated_at,
+            v.decision.label(),
+            ratio(success.observed),
+            ratio(manual.observed),
+            success.denominator.unwrap_or(0),
+            success.numerator.unwrap_or(0),
+            manual.numerator.unwrap_or(0),
+            failing(v)
+        );
+    }
+    s
+}
+
+/// A timeline for the verification record: each change of decision with what caused it, then per
+/// criterion the share of steps it failed.
+fn markdown(verdicts: &[Verdict]) -> String {
+    let mut s = String::new();
+    let (Some(first), Some(last)) = (verdicts.first(), verdicts.last()) else { return s };
+    let _ =
+        writeln!(s, "## Soak backtest: {} to {}, {} steps\n", first.evaluated_at, last.evaluated_at, verdicts.len());
+    let _ = writeln!(s, "### Decision changes\n\n| from | decision | failing criteria |\n|---|---|---|");
+    let mut previous: Option<Decision> = None;
+    for v in verdicts.iter().filter(|v| {
+        let changed = previous != Some(v.decision);
+        previous = Some(v.decision);
+        changed
+    }) {
+        let why = match failing(v) {
+            f if f.is_empty() => "none: every criterion passes".to_string(),
+            f => f.replace(',', ", "),
+        };
+        let _ = writeln!(s, "| {} | **{}** | {why} |", v.evaluated_at, v.decision.label().to_uppercase());
+    }
+    let _ = writeln!(s, "\n### Criteria\n\n| criterion | steps failed | share |\n|---|---|---|");
+    for kind in CriterionKind::ALL {
+        let failed = verdicts.iter().filter(|v| v.criteria.iter().any(|c| c.name == kind && !c.pass)).count();
+        let share = 100.0 * failed as f64 / verdicts.len() as f64;
+        let _ = writeln!(s, "| {} | {failed} | {share:.1}% |", kind.label());
+    }
+    s
+}
+
+/// Renders the steps in the requested format.
+pub fn render(verdicts: &[Verdict], format: BacktestFormat) -> String {
+    match format {
+        BacktestFormat::Jsonl => {
+            verdicts.iter().map(|v| serde_json::to_string(v).expect("a verdict always serialises") + "\n").collect()
+        }
+        BacktestFormat::Csv => csv(verdicts),
+        BacktestFormat::Markdown => markdown(verdicts),
+    }
+}
