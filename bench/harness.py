@@ -2,7 +2,8 @@
 """End-to-end benchmarks of rollout-exporter and its peers (issue 6). Run through bench/run.sh.
 
 Starts a throwaway PostgreSQL cluster under target/bench/<mode>/, seeds it, and measures, per size:
-start-up vs the runbook's 48 h query in psql, idle and 1,000-row polls (histogram and
+start-up vs the runbook's 48 h query in psql, `backtest` over the last 48 h in 5-minute steps vs
+the same query, idle and 1,000-row polls (histogram and
 pg_stat_statements), follow throughput under a concurrent pgbench writer, /metrics latency and
 wrk throughput, peak RSS, and the same scrape figures plus database time for query-exporter and
 postgres_exporter. Everything started here is killed on exit, on failure and on SIGTERM/SIGINT.
@@ -366,6 +367,101 @@ class Writer:
         return int(self.cl.one("SELECT coalesce(max(id), 0) FROM observability_events", self.db) or 0)
 
 
+# ---------------------------------------------------------------- backtest
+
+
+BACKTEST_USER = "bench_backtest"  # its own role: its load stays out of the exporter's pg_stat_statements
+BACKTEST_TARGET = 3.0  # issue: a 48 h backtest in 5-minute steps in at most 3x the runbook's 48 h query
+BACKTEST_STEPS = 48 * 60 // 5 + 1  # T1 = T2 - 48 h to T2, both included
+
+
+def backtest_once(cmd: list[str], env: dict[str, str], out: Path, err: Path, timeout: float) -> dict:
+    """One `rollout-exporter backtest` run: wall seconds (start to exit, output written), the
+    child's CPU seconds and peak RSS (wait4), and its exit status."""
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        try:
+            with rexlib.time_limit(timeout, "rollout-exporter backtest"):
+                _, status, ru = os.wait4(p.pid, 0)
+            wall = time.perf_counter() - t
+            p.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            rexlib.kill_group(p, 2)
+    return {"s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "rss_mib": ru.ru_maxrss / 1024, "rc": p.returncode}
+
+
+def check_jsonl(path: Path, t1: str, t2: str) -> None:
+    """BACKTEST_STEPS lines, each a verdict JSON; the first at T1 and the last at T2."""
+    lines = path.read_text().splitlines()
+    if len(lines) != BACKTEST_STEPS:
+        raise Fail(f"backtest printed {len(lines)} jsonl lines, expected {BACKTEST_STEPS}; see {path}")
+    try:
+        first, last = json.loads(lines[0]), json.loads(lines[-1])
+        for line in lines[1:-1]:
+            json.loads(line)
+    except ValueError as e:
+        raise Fail(f"backtest printed a line that is not JSON ({e}); see {path}") from e
+    for v, t in ((first, t1), (last, t2)):
+        at = str(v.get("evaluated_at", ""))
+        if not at.startswith(t[:16]):  # 2026-11-29T10:00, whatever the seconds' format
+            raise Fail(f"backtest step evaluated_at {at!r}, expected {t}; see {path}")
+
+
+def measure_backtest(binary: str, cl: Cluster, db: str, logdir: Path, runs: int, warmup: bool) -> dict:
+    """`rollout-exporter backtest` over the last 48 h of the seeded table in 5-minute steps (T2 = the
+    newest whole minute of the data, T1 = T2 - 48 h: 577 steps, jsonl), median of `runs` after an
+    optional warm-up, next to the runbook's 48 h query in psql (median of 3 after a warm-up) timed
+    just before it on the same table."""
+    q48 = (BENCH / "sql/runbook_48h.sql").read_text()
+    log(f"{db}: timing the runbook's 48 h query in psql")
+    psql_ms = cl.timed(q48, db)
+    t2 = cl.one("SELECT to_char(date_trunc('minute', max(created_at)) AT TIME ZONE 'UTC', "
+                "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM observability_events", db)
+    t2_dt = datetime.datetime.strptime(t2, "%Y-%m-%dT%H:%M:%SZ")
+    t1 = (t2_dt - datetime.timedelta(hours=48)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    env = dict(os.environ, RUST_LOG="warn")
+    for k in ("DATABASE_URL", "DATABASE_URL_FILE", "FLAGS_FILE", "SOAK_WINDOW"):
+        env.pop(k, None)
+    cmd = [binary, "backtest", "--database-url", cl.url(BACKTEST_USER, db), "--from", t1, "--to", t2,
+           "--step", "5m", "--format", "jsonl"]
+    out, err = logdir / f"backtest-{db}.jsonl", logdir / f"backtest-{db}.stderr.log"
+    g0 = cl.pgss_total(BACKTEST_USER, db)
+    timed = []
+    log(f"{db}: backtest {t1} to {t2}, 5m steps ({'warm-up + ' if warmup else ''}{runs} run(s))")
+    for i in range(runs + (1 if warmup else 0)):
+        b = backtest_once(cmd, env, out, err, 1800)
+        if b["rc"] != 0:
+            raise Fail(f"rollout-exporter backtest exited {b['rc']}: "
+                       f"{err.read_text(errors='replace').strip()[-600:]}")
+        check_jsonl(out, t1, t2)
+        if i > 0 or not warmup:
+            timed.append(b)
+    g1 = cl.pgss_total(BACKTEST_USER, db)
+    timed.sort(key=lambda b: b["s"])
+    med = timed[len(timed) // 2]  # runs is odd (3, or 1 in smoke)
+    res = {"from": t1, "to": t2, "steps": BACKTEST_STEPS, "runs": runs, "warmup": warmup,
+           "backtest_s": med["s"], "all_s": [round(b["s"], 3) for b in timed], "cpu_s": med["cpu_s"],
+           "rss_mib": max(b["rss_mib"] for b in timed), "psql_48h_ms": psql_ms,
+           "ratio": med["s"] * 1000 / psql_ms, "jsonl_bytes": out.stat().st_size}
+    if g0 and g1:
+        n = runs + (1 if warmup else 0)
+        res["db_ms_per_run"] = (g1[1] - g0[1]) / n
+        res["statements_per_run"] = (g1[0] - g0[0]) / n
+        res["statements"] = cl.pgss_top(BACKTEST_USER, db, 3)
+    log(f"{db}: backtest {med['s']:.3f}s (runs {res['all_s']}), runbook 48 h {psql_ms:.1f} ms, "
+        f"ratio {res['ratio']:.2f}x")
+    return res
+
+
+def backtest_note(b: dict) -> str:
+    db = f", DB {fmt(b['db_ms_per_run'] / 1000, ' s')}/run" if b.get("db_ms_per_run") is not None else ""
+    return (f"{b['steps']} steps {b['from']} to {b['to']}: {fmt(b['backtest_s'], ' s')} "
+            f"(median of {b['runs']}{' after a warm-up' if b['warmup'] else ''}; CPU {fmt(b['cpu_s'], ' s')}{db}, "
+            f"peak RSS {fmt(b['rss_mib'], ' MiB')}) vs runbook 48 h {fmt(b['psql_48h_ms'] / 1000, ' s')}: "
+            f"{fmt(b['ratio'], 'x')}")
+
+
 # ---------------------------------------------------------------- our exporter
 
 
@@ -539,7 +635,8 @@ def measure_ours(args: argparse.Namespace, binary: str, cl: Cluster, db: str, si
     q48 = (BENCH / "sql/runbook_48h.sql").read_text()
     q6 = (BENCH / "sql/runbook_6h.sql").read_text()
     log(f"{db}: timing the runbook's queries in psql")
-    out["psql_48h_ms"] = cl.timed(q48, db)
+    # Timed by the backtest step just before, on the same table; timed here only without it.
+    out["psql_48h_ms"] = res["backtest"]["psql_48h_ms"] if res.get("backtest") else cl.timed(q48, db)
     out["psql_6h_ms"] = cl.timed(q6, db)
     out["psql_48h_plan"] = cl.sql("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + q48.split("\n", 2)[2], db)
     phase = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=49)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -770,6 +867,10 @@ def targets(results: list[dict]) -> list[tuple[str, str, str]]:
     add("(aim) peak RSS below postgres_exporter's", f"{fmt(o['rss_steady_mib'], ' MiB')} vs {fmt(min(pge) if pge else None, ' MiB')}",
         (o["rss_steady_mib"] < min(pge)) if pge else None)
     add("follow >= 20,000 rows/s with bounded lag", f"{o['follow']['best_rows_s']:,} rows/s", o["follow"]["best_rows_s"] >= 20000)
+    b = big.get("backtest")
+    add(f"backtest, 48 h in 5-minute steps ({BACKTEST_STEPS}), <= {BACKTEST_TARGET:g}x the runbook's 48 h query",
+        f"{fmt(b['backtest_s'], ' s')} vs {fmt(b['psql_48h_ms'] / 1000, ' s')} ({fmt(b['ratio'], 'x')})" if b else "–",
+        b["ratio"] <= BACKTEST_TARGET if b else None)
     return t
 
 
@@ -841,6 +942,9 @@ def write_doc(path: Path, results: list[dict], mach: dict, cmd: str, started: st
                    f"{fmt(o['psql_48h_ms'], ' ms')}, 6 h query {fmt(o['psql_6h_ms'], ' ms')}. Start-up load "
                    f"{fmt(o['load_s'], ' s')} of {fmt(o['startup_s'], ' s')} to ready. "
                    f"/metrics body {o['seq']['bytes']:,} bytes.")
+        if r.get("backtest"):
+            gen.append("  - backtest (`rollout-exporter backtest --from T2-48h --to T2 --step 5m --format jsonl`, "
+                       "T2 = the newest whole minute of the seed, own role): " + backtest_note(r["backtest"]) + ".")
         gen.append(f"  - follow steps (target -> written rows/s, max lag, mean poll): " + "; ".join(
             f"{st['target_rows_s']:,} -> {st['achieved_rows_s']:,}, {st['max_lag_s']} s, {st['poll_mean_ms']} ms"
             + ("" if st["ok"] else " **lag bound missed**") for st in o["follow"]["steps"]))
@@ -933,7 +1037,7 @@ def main() -> int:
         r.ok(step, f"127.0.0.1:{cl.port}")
         if not cl.pgss:  # under CI=true cl.init() has failed already
             r.skip("pg_stat_statements", "unavailable (postgresql-contrib): database times are not measured")
-        roles = [Ours.USER] + [u for _, u, _ in PEERS]
+        roles = [Ours.USER, BACKTEST_USER] + [u for _, u, _ in PEERS]
         for role in roles:
             cl.sql(f"CREATE ROLE {role} LOGIN")
         for n in sizes:
@@ -943,6 +1047,16 @@ def main() -> int:
             size = seed(cl, db, n, roles)
             r.ok(step, f"{size['rows']:,} rows in {size['seed_seconds']} s")
             res: dict = {"size": size}
+            # On the seeded table, before the exporter's top-up and follow rows. The smoke run checks
+            # that it works (one run, 577 lines); the full run times it and judges the 3x target.
+            step = f"backtest at {n:,} rows"
+            bt = measure_backtest(str(binary), cl, db, base, runs=1 if args.smoke else 3, warmup=not args.smoke)
+            res["backtest"] = bt
+            r.ok(step, backtest_note(bt))
+            if not args.smoke:
+                r.check(bt["ratio"] <= BACKTEST_TARGET,
+                        f"backtest 48 h in 5-minute steps <= {BACKTEST_TARGET:g}x the runbook's 48 h query at {n:,} rows",
+                        f"{fmt(bt['ratio'], 'x')}: " + backtest_note(bt))
             step = f"rollout-exporter at {n:,} rows"
 
             def peers(res: dict = res, db: str = db, size: dict = size, n: int = n) -> None:

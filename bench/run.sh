@@ -6,7 +6,10 @@
 #                           generated part of docs/benchmarks.md (about 25 minutes on 2 cores)
 #   bench/run.sh --smoke    ~10,000 rows, our exporter only, every step of its path, < 60 s;
 #                           what scripts/test.sh runs so the harness keeps working
-#   extra arguments go to bench/harness.py (e.g. --sizes 1000000 --no-peers)
+#   extra arguments go to bench/harness.py (e.g. --sizes 1000000 --no-peers; --no-peers also
+#   skips installing the peers, --doc PATH writes the generated block elsewhere)
+# Each size also times `rollout-exporter backtest` over the seed's last 48 h in 5-minute steps
+# against the runbook's 48 h query (target: at most 3x; the smoke run only checks that it works).
 #
 # Needs PostgreSQL 15 server binaries (initdb, pg_ctl, pgbench; /usr/lib/postgresql/15/bin or
 # PG_BIN), psql, python3 and wrk; the full run also installs query-exporter into
@@ -20,10 +23,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 smoke=0
+peers=1
 args=()
 for a in "$@"; do
   case "$a" in
     --smoke) smoke=1; args+=("$a") ;;
+    --no-peers) peers=0; args+=("$a") ;;
     *) args+=("$a") ;;
   esac
 done
@@ -68,8 +73,8 @@ trap 'exit 143' TERM
 command -v python3 >/dev/null || fail "tool python3" "python3 is not installed"
 # The other tools (PostgreSQL server binaries, psql, wrk) are checked and reported by the harness.
 
-if [ "$smoke" = 0 ]; then
-  # The peers, installed on demand: query-exporter in its own venv, postgres_exporter from Debian
+if [ "$smoke" = 0 ] && [ "$peers" = 1 ]; then
+  # The peers, installed on demand (not with --no-peers): query-exporter in its own venv, postgres_exporter from Debian
   # without starting its service (the harness starts it on a loopback port).
   # SQLAlchemy 2.1 maps postgresql:// to psycopg 3.
   if ! { [ -x target/bench/venv/bin/query-exporter ] && target/bench/venv/bin/python -c 'import psycopg' 2>/dev/null; }; then

@@ -70,6 +70,16 @@ fn main() -> ExitCode {
                     ExitCode::from(EXIT_UNAVAILABLE)
                 }
             },
+            Validated::Backfill(cfg) => match rollout_exporter::outputs::backfill::run(&cfg).await {
+                Ok(steps) => {
+                    eprintln!("rollout-exporter: wrote {steps} steps to {}", cfg.output.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rollout-exporter: backfill failed: {e}");
+                    ExitCode::from(EXIT_UNAVAILABLE)
+                }
+            },
             Validated::Check(cfg) => {
                 let report = rollout_exporter::outputs::check::run(&cfg).await;
                 print!("{}", rollout_exporter::outputs::check::render(&report, cfg.format));

@@ -74,6 +74,9 @@ pub enum Command {
     /// Replay the soak over a past range: the verdict at every step from --from to --to, from one
     /// load (jsonl, csv or a markdown timeline). What-if thresholds change the judgement, not the data.
     Backtest(Box<BacktestArgs>),
+    /// Write what `serve` would have exported at every step of a past range as OpenMetrics text for
+    /// `promtool tsdb create-blocks-from openmetrics` (docs/backfill.md).
+    Backfill(Box<BackfillArgs>),
 }
 
 /// Where the database is and how the events table is shaped. `Debug` shows the URL redacted.
@@ -304,6 +307,39 @@ pub struct BacktestArgs {
     pub rollout: RolloutArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// First step (RFC 3339, a whole minute).
+    #[arg(long)]
+    pub from: String,
+    /// Last step (RFC 3339, a whole minute; included; at least 3h ago: Prometheus' head block
+    /// owns the last 3 hours).
+    #[arg(long)]
+    pub to: String,
+    /// Time between samples (whole minutes; use the scrape interval's order of magnitude).
+    #[arg(long, default_value = "1m")]
+    pub step: String,
+    /// Label added to every sample, as the live scrape's target labels (job, instance,
+    /// environment): repeat it, e.g. --label job=rollout-exporter --label environment=staging.
+    #[arg(long = "label", value_name = "NAME=VALUE")]
+    pub labels_added: Vec<String>,
+    /// OpenMetrics file to write.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Windows of the window gauges, as `serve` was run with.
+    #[arg(long, env = "EXPORTER_WINDOWS", default_value = "1h,6h,48h")]
+    pub windows: String,
+    /// Soak window of the gate, as `serve` was run with.
+    #[arg(long, env = "SOAK_WINDOW", default_value = "48h")]
+    pub soak: String,
+    #[command(flatten)]
+    pub labels: LabelArgs,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BacktestFormat {
     Jsonl,
@@ -460,6 +496,22 @@ pub enum Validated {
     Verdict(VerdictConfig),
     Check(CheckConfig),
     Backtest(BacktestConfig),
+    Backfill(BackfillConfig),
+}
+
+/// `backfill`: the live exporter's settings, a past range and where to write.
+#[derive(Debug, Clone)]
+pub struct BackfillConfig {
+    pub db: DatabaseConfig,
+    pub tally: TallyConfig,
+    pub rollout: RolloutConfig,
+    pub from: crate::time::UnixMicros,
+    pub to: crate::time::UnixMicros,
+    /// Microseconds, a whole number of minutes.
+    pub step_us: i64,
+    /// (name, value) added to every sample.
+    pub labels: Vec<(String, String)>,
+    pub output: PathBuf,
 }
 
 /// `backtest`: the verdict's settings over a range of past instants.
@@ -681,27 +733,108 @@ impl RolloutArgs {
     }
 }
 
+/// A step range: whole minutes, `from` not after `to`, `to` not after `latest`.
+fn step_range(
+    from: &str,
+    to: &str,
+    step: &str,
+    latest: crate::time::UnixMicros,
+    too_late: &str,
+) -> Result<(crate::time::UnixMicros, crate::time::UnixMicros, i64), ConfigError> {
+    use crate::time::{UnixMicros, MINUTE};
+    let instant = |flag: &'static str, raw: &str| -> Result<UnixMicros, ConfigError> {
+        let us = parse_rfc3339_us(flag, raw)?;
+        if us % MINUTE != 0 {
+            return Err(bad(flag, format!("{raw:?}: steps are whole minutes (seconds 00)")));
+        }
+        Ok(UnixMicros(us))
+    };
+    let (from, to) = (instant("--from", from)?, instant("--to", to)?);
+    if from > to {
+        return Err(bad("--to", "must not be before --from"));
+    }
+    if to > latest {
+        return Err(bad("--to", too_late.to_string()));
+    }
+    let step = window("--step", step)?;
+    Ok((from, to, step.seconds as i64 * 1_000_000))
+}
+
+/// Windows as `serve` builds them: the list, the soak window added, sorted, no duplicates.
+fn windows_with_soak(flag: &'static str, raw: &str, soak: &Window) -> Result<Vec<Window>, ConfigError> {
+    let mut windows: Vec<Window> = Vec::new();
+    for part in raw.split(',').filter(|w| !w.trim().is_empty()) {
+        let w = window(flag, part)?;
+        if !windows.iter().any(|x| x.seconds == w.seconds) {
+            windows.push(w);
+        }
+    }
+    if !windows.iter().any(|x| x.seconds == soak.seconds) {
+        windows.push(soak.clone());
+    }
+    windows.sort_by_key(|w| w.seconds);
+    Ok(windows)
+}
+
+impl BackfillArgs {
+    fn validate(&self) -> Result<BackfillConfig, ConfigError> {
+        let latest = crate::time::UnixMicros::now().minus(Duration::from_secs(3 * 3600));
+        let (from, to, step_us) = step_range(
+            &self.from,
+            &self.to,
+            &self.step,
+            latest,
+            "is inside the last 3 hours, which Prometheus' head block owns: backfill up to 3 hours ago and let the live scrape cover the rest",
+        )?;
+        let soak = window("--soak", &self.soak)?;
+        let mut rollout = self.rollout.validate(soak.clone())?;
+        if rollout.phase_started_at.is_none() {
+            return Err(bad("--phase-started-at", "required: the backfilled gate needs to know when the phase began"));
+        }
+        rollout.max_staleness = None;
+        let (reason_cap, event_type_cap) = self.labels.validate()?;
+        let tally = TallyConfig {
+            windows: windows_with_soak("--windows", &self.windows, &soak)?,
+            soak,
+            active_within: rollout.active_within,
+            reason_cap,
+            event_type_cap,
+            stuck_after: Duration::from_secs(900),
+            max_tracked_bookings: 1,
+        };
+        let mut labels = Vec::new();
+        for raw in &self.labels_added {
+            let Some((name, value)) = raw.split_once('=') else {
+                return Err(bad("--label", format!("{raw:?} is not name=value")));
+            };
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with("__");
+            if !valid || labels.iter().any(|(n, _): &(String, String)| n == name) {
+                return Err(bad("--label", format!("{name:?} is not a valid, unique label name")));
+            }
+            labels.push((name.to_string(), value.to_string()));
+        }
+        Ok(BackfillConfig {
+            db: self.db.validate()?,
+            tally,
+            rollout,
+            from,
+            to,
+            step_us,
+            labels,
+            output: self.output.clone(),
+        })
+    }
+}
+
 impl BacktestArgs {
     fn validate(&self) -> Result<BacktestConfig, ConfigError> {
-        use crate::time::{UnixMicros, MINUTE};
+        let (from, to, step_us) =
+            step_range(&self.from, &self.to, &self.step, crate::time::UnixMicros::now(), "is in the future")?;
         let soak = window("--soak", &self.soak)?;
         let rollout = self.rollout.validate(soak.clone())?;
         let (reason_cap, event_type_cap) = self.labels.validate()?;
-        let instant = |flag: &'static str, raw: &str| -> Result<UnixMicros, ConfigError> {
-            let us = parse_rfc3339_us(flag, raw)?;
-            if us % MINUTE != 0 {
-                return Err(bad(flag, format!("{raw:?}: steps are whole minutes (seconds 00)")));
-            }
-            Ok(UnixMicros(us))
-        };
-        let (from, to) = (instant("--from", &self.from)?, instant("--to", &self.to)?);
-        if from > to {
-            return Err(bad("--to", "must not be before --from"));
-        }
-        if to > UnixMicros::now() {
-            return Err(bad("--to", "is in the future"));
-        }
-        let step = window("--step", &self.step)?;
         let tally = TallyConfig {
             windows: vec![soak.clone()],
             soak,
@@ -711,15 +844,7 @@ impl BacktestArgs {
             stuck_after: Duration::from_secs(900),
             max_tracked_bookings: 1,
         };
-        Ok(BacktestConfig {
-            db: self.db.validate()?,
-            tally,
-            rollout,
-            from,
-            to,
-            step_us: step.seconds as i64 * 1_000_000,
-            format: self.format,
-        })
+        Ok(BacktestConfig { db: self.db.validate()?, tally, rollout, from, to, step_us, format: self.format })
     }
 }
 
@@ -870,6 +995,7 @@ impl Command {
                 Ok(Validated::Verdict(VerdictConfig { db: a.db.validate()?, tally, format: a.format, rollout, at }))
             }
             Command::Backtest(a) => Ok(Validated::Backtest(a.validate()?)),
+            Command::Backfill(a) => Ok(Validated::Backfill(a.validate()?)),
             Command::Check(a) => {
                 let (reason_cap, event_type_cap) = a.labels.validate()?;
                 let soak = Window { label: "48h".into(), seconds: 172_800 };

@@ -6,33 +6,21 @@
 use std::fmt::Write;
 
 use crate::config::{BacktestConfig, BacktestFormat};
+use crate::ingest::Replay;
 use crate::rollout::phase::read_flags;
 use crate::rollout::{decide, Context, CriterionKind, Decision, Evidence, Verdict};
 use crate::source::postgres::{FollowConfig, PgSource};
-use crate::source::{Source, SourceError};
-use crate::tally::Tally;
+use crate::source::SourceError;
 
 /// Every step's verdict, `from` to `to` inclusive.
 pub async fn run(cfg: &BacktestConfig) -> Result<Vec<Verdict>, SourceError> {
-    let mut source = PgSource::new(cfg.db.clone(), FollowConfig::backtest(cfg))?;
-    let mut groups = source.load().await?.groups;
-    groups.sort_by_key(|g| g.minute);
-    let mut tally = Tally::new(cfg.tally.clone());
-    tally.rank_labels(&groups, &[]);
-    let timeless = groups.partition_point(|g| g.minute.is_none());
-    let (timeless, dated) = groups.split_at(timeless);
-    tally.advance(cfg.from);
-    tally.fold_groups(timeless);
+    let source = PgSource::new(cfg.db.clone(), FollowConfig::replay(&cfg.tally, cfg.from, cfg.to))?;
+    let mut replay = Replay::load(source, cfg.tally.clone(), cfg.from).await?;
     let phase = read_flags(cfg.rollout.flags_file.as_ref());
     let mut verdicts = Vec::new();
-    let mut folded = 0;
     let mut at = cfg.from;
     while at <= cfg.to {
-        let upto = dated.partition_point(|g| g.minute.is_some_and(|m| m < at.minute()));
-        tally.fold_groups(&dated[folded..upto.max(folded)]);
-        folded = upto.max(folded);
-        tally.advance(at);
-        let evidence = Evidence::from_view(&tally.view(), &cfg.rollout.soak);
+        let evidence = Evidence::from_view(&replay.snapshot_at(at).tally, &cfg.rollout.soak);
         verdicts.push(decide(
             &evidence,
             &Context {

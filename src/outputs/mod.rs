@@ -7,7 +7,9 @@
 //! - [`verdict`]: the `verdict` command, which judges a snapshot built from SQL by the same load.
 //! - [`check`]: the `check` command: what the table, the role and the server look like.
 //! - [`backtest`]: the verdict at every step of a past range, from one load.
+//! - [`backfill`]: what `serve` would have exported over a past range, for Prometheus.
 
+pub mod backfill;
 pub mod backtest;
 pub mod check;
 pub mod http;

@@ -69,6 +69,7 @@ fn validate(command: &str, args: &[&str]) -> Result<String, String> {
                 Validated::Verdict(cfg) => cfg.db.url.clone(),
                 Validated::Check(cfg) => cfg.db.url.clone(),
                 Validated::Backtest(cfg) => cfg.db.url.clone(),
+                Validated::Backfill(cfg) => cfg.db.url.clone(),
                 Validated::Demo(_) => unreachable!(),
             };
             let mut shown = format!("{v:?}\n{url}\n{url:?}\n");

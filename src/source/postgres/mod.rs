@@ -68,9 +68,11 @@ impl FollowConfig {
         }
     }
 
-    /// `backtest`: the load as of `--to`, its minutes reaching back to the first step's window.
-    pub fn backtest(cfg: &crate::config::BacktestConfig) -> Self {
-        let span = ((cfg.to.0 - cfg.from.0) / 1_000_000) as u64;
+    /// `backtest` and `backfill`: the load as of the last step `to`, its minutes reaching back to
+    /// the longest window of the first step `from`.
+    pub fn replay(tally: &crate::config::TallyConfig, from: UnixMicros, to: UnixMicros) -> Self {
+        let span = ((to.0 - from.0) / 1_000_000) as u64;
+        let longest = tally.windows.iter().map(|w| w.seconds).max().unwrap_or(tally.soak.seconds);
         FollowConfig {
             poll_interval: Duration::from_secs(1),
             overlap: Duration::ZERO,
@@ -78,9 +80,9 @@ impl FollowConfig {
             reconcile_window: Duration::ZERO,
             window_reconcile_interval: Duration::from_secs(300),
             stream_back: Duration::ZERO,
-            longest_window: cfg.tally.soak.seconds + span + 60,
-            reason_cap: cfg.tally.reason_cap,
-            as_of: Some(cfg.to),
+            longest_window: longest + span + 60,
+            reason_cap: tally.reason_cap,
+            as_of: Some(to),
         }
     }
 
