@@ -222,9 +222,9 @@ fn config_each_malformed_form_is_refused_without_any_part_of_the_password() {
         ("postgres://u:p#w@h/db", "p#w"),
         ("postgres://u:p@w@h/db", "p@w"),
         ("postgres://u:p/w@h/db", "p/w"),
-        ("postgres://u:p%zz@h/db", "p%zz"),
+        ("postgres://u:p%zz@h/db", "p%zz"), // pragma: allowlist secret (a made-up test value)
         ("postgres://u:s3cr?t#x/y@h/db", "s3cr?t#x/y"),
-        ("postgres://u:hunter2%@h/db", "hunter2%"),
+        ("postgres://u:hunter2%@h/db", "hunter2%"), // pragma: allowlist secret (a made-up test value)
         ("postgres://u:sec/ret", "sec/ret"),
         ("postgres://u:secret", "secret"),
         ("postgres://u@h/db?password=sec@ret", "sec@ret"),
@@ -233,10 +233,10 @@ fn config_each_malformed_form_is_refused_without_any_part_of_the_password() {
         ("postgres://u@h/db?password=sec&sslmode=ret", "sec&sslmode=ret"),
         ("host=h user=u password=sec ret dbname=d", "sec ret"),
         ("host=h user=u password=sec ret=x dbname=d", "sec ret=x"),
-        ("host=h user=u password='sec\\'ret dbname=d", "'sec\\'ret dbname=d"),
+        ("host=h user=u password='sec\\'ret dbname=d", "'sec\\'ret dbname=d"), // pragma: allowlist secret (a made-up test value)
         ("host=h user=u password=secret port=x5", "secret port=x5"),
         ("u:secret@h/db", "secret"),
-        ("mysql://u:secret@h/db", "secret"),
+        ("mysql://u:secret@h/db", "secret"), // pragma: allowlist secret (a made-up test value)
         ("secret", "secret"),
     ];
     let mut seen = Vec::new();
@@ -259,12 +259,12 @@ fn config_each_malformed_form_is_refused_without_any_part_of_the_password() {
     assert!(e.contains("percent-encode") && e.contains("postgres://u:***@h:5432/db"), "{e}");
     // Encoded, the same passwords are accepted, and nothing shows them either.
     for (raw, pw) in [
-        ("postgres://u:pa%3Fss@h:5432/db", "pa?ss"),
-        ("postgres://u:p%23w@h/db", "p#w"),
-        ("postgres://u:p%40w@h/db", "p@w"),
-        ("postgres://u:p%2Fw@h/db", "p/w"),
-        ("postgres://u:p%25zz@h/db", "p%zz"),
-        ("host=h user=u password='Qz\\'Vx #@/?' dbname=d", "Qz'Vx #@/?"),
+        ("postgres://u:pa%3Fss@h:5432/db", "pa?ss"), // pragma: allowlist secret (a made-up test value)
+        ("postgres://u:p%23w@h/db", "p#w"),          // pragma: allowlist secret (a made-up test value)
+        ("postgres://u:p%40w@h/db", "p@w"),          // pragma: allowlist secret (a made-up test value)
+        ("postgres://u:p%2Fw@h/db", "p/w"),          // pragma: allowlist secret (a made-up test value)
+        ("postgres://u:p%25zz@h/db", "p%zz"),        // pragma: allowlist secret (a made-up test value)
+        ("host=h user=u password='Qz\\'Vx #@/?' dbname=d", "Qz'Vx #@/?"), // pragma: allowlist secret (a made-up test value)
     ] {
         let shown = validate("verdict", &["--database-url", raw]).unwrap_or_else(|e| panic!("{raw}: {e}"));
         if let Some(l) = leak(&shown, pw, true) {
@@ -281,7 +281,7 @@ fn config_the_binary_refuses_malformed_urls_without_the_password() {
     let file = dir.path().join("url");
     for (raw, pw) in [
         ("postgres://u:Qz?Vx#Kj@127.0.0.1:5432/db", "Qz?Vx#Kj"),
-        ("postgres://u:Qz3@V/Kj@127.0.0.1/db", "Qz3@V/Kj"),
+        ("postgres://u:Qz3@V/Kj@127.0.0.1/db", "Qz3@V/Kj"), // pragma: allowlist secret (a made-up test value)
         ("host=127.0.0.1 user=u password=Qz Vx-Kj dbname=d", "Qz Vx-Kj"),
     ] {
         let mut outputs = Vec::new();
@@ -318,7 +318,7 @@ async fn config_a_key_value_connection_string_connects() {
     let db = TestDb::new().await;
     db.events().event_type("coordinator.start").count(3).insert().await;
     let kv =
-        format!("host=127.0.0.1 port=5432 user=postgres password='it\\'s #@/? 密' dbname={} sslmode=disable", db.name);
+        format!("host=127.0.0.1 port=5432 user=postgres password='it\\'s #@/? 密' dbname={} sslmode=disable", db.name); // pragma: allowlist secret (a made-up test value)
     let (code, out, err) = run_bin(&["verdict", "--database-url", &kv, "--format", "json"]);
     assert!([0, 1, 3].contains(&code), "verdict ran: {code} {err}");
     assert!(out.contains("\"decision\""), "{out}");
