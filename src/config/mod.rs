@@ -792,16 +792,8 @@ impl BackfillArgs {
             return Err(bad("--phase-started-at", "required: the backfilled gate needs to know when the phase began"));
         }
         rollout.max_staleness = None;
-        let (reason_cap, event_type_cap) = self.labels.validate()?;
-        let tally = TallyConfig {
-            windows: windows_with_soak("--windows", &self.windows, &soak)?,
-            soak,
-            active_within: rollout.active_within,
-            reason_cap,
-            event_type_cap,
-            stuck_after: Duration::from_secs(900),
-            max_tracked_bookings: 1,
-        };
+        let windows = windows_with_soak("--windows", &self.windows, &soak)?;
+        let tally = self.labels.judging_tally(windows, soak, rollout.active_within)?;
         let mut labels = Vec::new();
         for raw in &self.labels_added {
             let Some((name, value)) = raw.split_once('=') else {
@@ -834,21 +826,32 @@ impl BacktestArgs {
             step_range(&self.from, &self.to, &self.step, crate::time::UnixMicros::now(), "is in the future")?;
         let soak = window("--soak", &self.soak)?;
         let rollout = self.rollout.validate(soak.clone())?;
-        let (reason_cap, event_type_cap) = self.labels.validate()?;
-        let tally = TallyConfig {
-            windows: vec![soak.clone()],
-            soak,
-            active_within: rollout.active_within,
-            reason_cap,
-            event_type_cap,
-            stuck_after: Duration::from_secs(900),
-            max_tracked_bookings: 1,
-        };
+        let tally = self.labels.judging_tally(vec![soak.clone()], soak, rollout.active_within)?;
         Ok(BacktestConfig { db: self.db.validate()?, tally, rollout, from, to, step_us, format: self.format })
     }
 }
 
 impl LabelArgs {
+    /// The tally of a command that judges from one load (no booking state machine to speak of):
+    /// `windows` (the soak window among them), the caps, `active_within`.
+    fn judging_tally(
+        &self,
+        windows: Vec<Window>,
+        soak: Window,
+        active_within: Duration,
+    ) -> Result<TallyConfig, ConfigError> {
+        let (reason_cap, event_type_cap) = self.validate()?;
+        Ok(TallyConfig {
+            windows,
+            soak,
+            active_within,
+            reason_cap,
+            event_type_cap,
+            stuck_after: Duration::from_secs(900),
+            max_tracked_bookings: 1,
+        })
+    }
+
     /// (reason cap, event type cap).
     fn validate(&self) -> Result<(usize, usize), ConfigError> {
         let reason_cap: usize = parse_num("--reason-cap", &self.reason_cap, "a whole number")?;
@@ -969,16 +972,7 @@ impl Command {
             Command::Verdict(a) => {
                 let soak = window("--window", &a.window)?;
                 let rollout = a.rollout.validate(soak.clone())?;
-                let (reason_cap, event_type_cap) = a.labels.validate()?;
-                let tally = TallyConfig {
-                    windows: vec![soak.clone()],
-                    soak,
-                    active_within: rollout.active_within,
-                    reason_cap,
-                    event_type_cap,
-                    stuck_after: Duration::from_secs(900),
-                    max_tracked_bookings: 1,
-                };
+                let tally = a.labels.judging_tally(vec![soak.clone()], soak, rollout.active_within)?;
                 let at = match a.at.as_deref() {
                     None => None,
                     Some(raw) => {
@@ -997,17 +991,8 @@ impl Command {
             Command::Backtest(a) => Ok(Validated::Backtest(a.validate()?)),
             Command::Backfill(a) => Ok(Validated::Backfill(a.validate()?)),
             Command::Check(a) => {
-                let (reason_cap, event_type_cap) = a.labels.validate()?;
                 let soak = Window { label: "48h".into(), seconds: 172_800 };
-                let tally = TallyConfig {
-                    windows: vec![soak.clone()],
-                    soak,
-                    active_within: Duration::from_secs(600),
-                    reason_cap,
-                    event_type_cap,
-                    stuck_after: Duration::from_secs(900),
-                    max_tracked_bookings: 1,
-                };
+                let tally = a.labels.judging_tally(vec![soak.clone()], soak, Duration::from_secs(600))?;
                 Ok(Validated::Check(CheckConfig { db: a.db.validate()?, tally, format: a.format }))
             }
         }

@@ -1,14 +1,14 @@
 //! `rollout-exporter backtest`: the verdict at every step of a past range, from ONE load of
 //! per-minute aggregates over `[from - soak, to]` slid in memory (not one query per step). Each step
-//! folds the minutes before it into the same tally the live exporter uses and judges the same
-//! [`Evidence`] with the same [`decide`], so every step equals `verdict --at` at that instant.
+//! folds the minutes before it into the same tally the live exporter uses and judges it with
+//! [`rollout::judge`], so every step equals `verdict --at` at that instant.
 
 use std::fmt::Write;
 
 use crate::config::{BacktestConfig, BacktestFormat};
 use crate::ingest::Replay;
 use crate::rollout::phase::read_flags;
-use crate::rollout::{decide, Context, CriterionKind, Decision, Evidence, Verdict};
+use crate::rollout::{self, CriterionKind, Decision, Verdict};
 use crate::source::postgres::{FollowConfig, PgSource};
 use crate::source::SourceError;
 
@@ -20,17 +20,7 @@ pub async fn run(cfg: &BacktestConfig) -> Result<Vec<Verdict>, SourceError> {
     let mut verdicts = Vec::new();
     let mut at = cfg.from;
     while at <= cfg.to {
-        let evidence = Evidence::from_view(&replay.snapshot_at(at).tally, &cfg.rollout.soak);
-        verdicts.push(decide(
-            &evidence,
-            &Context {
-                environment: &cfg.rollout.environment,
-                phase: &phase,
-                phase_started_at: cfg.rollout.phase_started_at,
-                window: &cfg.rollout.soak,
-                thresholds: cfg.rollout.thresholds,
-            },
-        ));
+        verdicts.push(rollout::judge(&replay.snapshot_at(at).tally, &phase, &cfg.rollout));
         at = at.plus_us(cfg.step_us);
     }
     Ok(verdicts)

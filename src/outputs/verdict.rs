@@ -7,7 +7,7 @@
 
 use crate::config::{VerdictConfig, VerdictFormat};
 use crate::rollout::phase::read_flags;
-use crate::rollout::{decide, Context, Evidence, Verdict};
+use crate::rollout::{self, Verdict};
 use crate::snapshot::Snapshot;
 use crate::source::postgres::{FollowConfig, PgSource};
 use crate::source::SourceError;
@@ -18,22 +18,11 @@ pub async fn snapshot(cfg: &VerdictConfig) -> Result<Snapshot, SourceError> {
     crate::ingest::snapshot_once(source, cfg.tally.clone()).await
 }
 
-/// Judges a snapshot as the live gate does ([`Evidence::from_view`] and [`decide`]), with the
+/// Judges a snapshot as the live gate does ([`rollout::judge`]: the same evidence and rules), with the
 /// flags read now and `--phase-started-at` (without it `soak_elapsed` is undefined and fails, so
 /// the decision is at best `pending`).
 pub fn judge(snapshot: &Snapshot, cfg: &VerdictConfig) -> Verdict {
-    let phase = read_flags(cfg.rollout.flags_file.as_ref());
-    let evidence = Evidence::from_view(&snapshot.tally, &cfg.rollout.soak);
-    decide(
-        &evidence,
-        &Context {
-            environment: &cfg.rollout.environment,
-            phase: &phase,
-            phase_started_at: cfg.rollout.phase_started_at,
-            window: &cfg.rollout.soak,
-            thresholds: cfg.rollout.thresholds,
-        },
-    )
+    rollout::judge(&snapshot.tally, &read_flags(cfg.rollout.flags_file.as_ref()), &cfg.rollout)
 }
 
 /// Computes the verdict over `--window` ending at the database's `now()`.

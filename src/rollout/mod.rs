@@ -382,6 +382,21 @@ pub fn decide(ev: &Evidence, cx: &Context<'_>) -> Verdict {
     }
 }
 
+/// The verdict of a command (`verdict`, `backtest`): the soak window of `tally` judged with the
+/// flags `phase` and `--phase-started-at`, at the tally's instant.
+pub fn judge(tally: &TallyView, phase: &PhaseState, cfg: &RolloutConfig) -> Verdict {
+    decide(
+        &Evidence::from_view(tally, &cfg.soak),
+        &Context {
+            environment: &cfg.environment,
+            phase,
+            phase_started_at: cfg.phase_started_at,
+            window: &cfg.soak,
+            thresholds: cfg.thresholds,
+        },
+    )
+}
+
 /// How current the live numbers are, for the fail-closed rule of [`view`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Freshness {

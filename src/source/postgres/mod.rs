@@ -68,53 +68,39 @@ impl FollowConfig {
         }
     }
 
+    /// A single load for a command (nothing streamed, no polls): minutes `longest_window` back,
+    /// as of `as_of` when given.
+    fn one_load(longest_window: u64, reason_cap: usize, as_of: Option<UnixMicros>) -> Self {
+        FollowConfig {
+            poll_interval: Duration::from_secs(1),
+            overlap: Duration::ZERO,
+            reconcile_interval: Duration::from_secs(60),
+            reconcile_window: Duration::ZERO,
+            window_reconcile_interval: Duration::from_secs(300),
+            stream_back: Duration::ZERO,
+            longest_window,
+            reason_cap,
+            as_of,
+        }
+    }
+
     /// `backtest` and `backfill`: the load as of the last step `to`, its minutes reaching back to
     /// the longest window of the first step `from`.
     pub fn replay(tally: &crate::config::TallyConfig, from: UnixMicros, to: UnixMicros) -> Self {
         let span = ((to.0 - from.0) / 1_000_000) as u64;
         let longest = tally.windows.iter().map(|w| w.seconds).max().unwrap_or(tally.soak.seconds);
-        FollowConfig {
-            poll_interval: Duration::from_secs(1),
-            overlap: Duration::ZERO,
-            reconcile_interval: Duration::from_secs(60),
-            reconcile_window: Duration::ZERO,
-            window_reconcile_interval: Duration::from_secs(300),
-            stream_back: Duration::ZERO,
-            longest_window: longest + span + 60,
-            reason_cap: tally.reason_cap,
-            as_of: Some(to),
-        }
+        Self::one_load(longest + span + 60, tally.reason_cap, Some(to))
     }
 
     /// `check`: the same start-up load as `verdict`, over 48 h, to count what it finds.
     pub fn check(cfg: &crate::config::CheckConfig) -> Self {
-        FollowConfig {
-            poll_interval: Duration::from_secs(1),
-            overlap: Duration::ZERO,
-            reconcile_interval: Duration::from_secs(60),
-            reconcile_window: Duration::ZERO,
-            window_reconcile_interval: Duration::from_secs(300),
-            stream_back: Duration::ZERO,
-            longest_window: cfg.tally.soak.seconds,
-            reason_cap: cfg.tally.reason_cap,
-            as_of: None,
-        }
+        Self::one_load(cfg.tally.soak.seconds, cfg.tally.reason_cap, None)
     }
 
     /// The `verdict` command: the same start-up load, everything aggregated, minutes of the soak
-    /// window only.
+    /// window only (as of `--at` when given).
     pub fn verdict(cfg: &VerdictConfig) -> Self {
-        FollowConfig {
-            poll_interval: Duration::from_secs(1),
-            overlap: Duration::ZERO,
-            reconcile_interval: Duration::from_secs(60),
-            reconcile_window: Duration::ZERO,
-            window_reconcile_interval: Duration::from_secs(300),
-            stream_back: Duration::ZERO,
-            longest_window: cfg.rollout.soak.seconds,
-            reason_cap: cfg.tally.reason_cap,
-            as_of: cfg.at,
-        }
+        Self::one_load(cfg.rollout.soak.seconds, cfg.tally.reason_cap, cfg.at)
     }
 }
 
