@@ -84,7 +84,9 @@ fn samples(mf: &MetricFamily, extra: &[(String, String)], at: UnixMicros, out: &
 /// Runs the backfill: one load, then every step rendered and streamed into per-family files.
 pub async fn run(cfg: &BackfillConfig) -> Result<u64, BackfillError> {
     let source = PgSource::new(cfg.db.clone(), FollowConfig::replay(&cfg.tally, cfg.from, cfg.to))?;
+    let loading = super::progress::spinner("loading per-minute aggregates");
     let mut replay = Replay::load(source, cfg.tally.clone(), cfg.from).await?;
+    loading.finish_and_clear();
     let phase = Arc::new(PhaseView {
         state: read_flags(cfg.rollout.flags_file.as_ref()),
         started_at: cfg.rollout.phase_started_at.unwrap_or(0.0),
@@ -102,9 +104,11 @@ pub async fn run(cfg: &BackfillConfig) -> Result<u64, BackfillError> {
         let file = File::create(&path).map_err(io(&path))?;
         parts.push((f, path, BufWriter::new(file)));
     }
+    let bar = super::progress::steps(cfg.from, cfg.to, cfg.step_us);
     let mut at = cfg.from;
     let mut steps = 0;
     while at <= cfg.to {
+        bar.inc(1);
         let current = Current::at(Arc::new(replay.snapshot_at(at)), phase.clone(), rollout.clone(), at);
         for mf in families(&current) {
             if let Some((_, path, w)) = parts.iter_mut().find(|p| p.0.name == mf.name()) {
@@ -114,6 +118,7 @@ pub async fn run(cfg: &BackfillConfig) -> Result<u64, BackfillError> {
         steps += 1;
         at = at.plus_us(cfg.step_us);
     }
+    bar.finish_and_clear();
     join(cfg, parts).map_err(io(&cfg.output))?;
     std::fs::remove_dir_all(&parts_dir).map_err(io(&parts_dir))?;
     Ok(steps)

@@ -15,14 +15,19 @@ use crate::source::SourceError;
 /// Every step's verdict, `from` to `to` inclusive.
 pub async fn run(cfg: &BacktestConfig) -> Result<Vec<Verdict>, SourceError> {
     let source = PgSource::new(cfg.db.clone(), FollowConfig::replay(&cfg.tally, cfg.from, cfg.to))?;
+    let loading = super::progress::spinner("loading per-minute aggregates");
     let mut replay = Replay::load(source, cfg.tally.clone(), cfg.from).await?;
+    loading.finish_and_clear();
     let phase = read_flags(cfg.rollout.flags_file.as_ref());
     let mut verdicts = Vec::new();
+    let bar = super::progress::steps(cfg.from, cfg.to, cfg.step_us);
     let mut at = cfg.from;
     while at <= cfg.to {
+        bar.inc(1);
         verdicts.push(rollout::judge(&replay.snapshot_at(at).tally, &phase, &cfg.rollout));
         at = at.plus_us(cfg.step_us);
     }
+    bar.finish_and_clear();
     Ok(verdicts)
 }
 

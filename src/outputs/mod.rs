@@ -15,6 +15,7 @@ pub mod check;
 pub mod http;
 pub mod landing;
 pub mod metrics;
+mod progress;
 pub mod verdict;
 pub mod web;
 
