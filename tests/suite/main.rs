@@ -1,6 +1,7 @@
 //! The one integration-test binary: every test talks to real PostgreSQL on 127.0.0.1:5432, and
 //! to real PgBouncer, promtool and throwaway clusters where it says so.
 
+mod backfill;
 mod check;
 mod cli;
 mod config_hardening;
