@@ -426,6 +426,7 @@ def measure_backtest(binary: str, cl: Cluster, db: str, logdir: Path, runs: int,
     cmd = [binary, "backtest", "--database-url", cl.url(BACKTEST_USER, db), "--from", t1, "--to", t2,
            "--step", "5m", "--format", "jsonl"]
     out, err = logdir / f"backtest-{db}.jsonl", logdir / f"backtest-{db}.stderr.log"
+    load1 = os.getloadavg()[0]  # context: other work on the machine skews both timings
     g0 = cl.pgss_total(BACKTEST_USER, db)
     timed = []
     log(f"{db}: backtest {t1} to {t2}, 5m steps ({'warm-up + ' if warmup else ''}{runs} run(s))")
@@ -443,7 +444,8 @@ def measure_backtest(binary: str, cl: Cluster, db: str, logdir: Path, runs: int,
     res = {"from": t1, "to": t2, "steps": BACKTEST_STEPS, "runs": runs, "warmup": warmup,
            "backtest_s": med["s"], "all_s": [round(b["s"], 3) for b in timed], "cpu_s": med["cpu_s"],
            "rss_mib": max(b["rss_mib"] for b in timed), "psql_48h_ms": psql_ms,
-           "ratio": med["s"] * 1000 / psql_ms, "jsonl_bytes": out.stat().st_size}
+           "ratio": med["s"] * 1000 / psql_ms, "jsonl_bytes": out.stat().st_size,
+           "loadavg_1m": round(load1, 2)}
     if g0 and g1:
         n = runs + (1 if warmup else 0)
         res["db_ms_per_run"] = (g1[1] - g0[1]) / n
@@ -458,7 +460,7 @@ def backtest_note(b: dict) -> str:
     db = f", DB {fmt(b['db_ms_per_run'] / 1000, ' s')}/run" if b.get("db_ms_per_run") is not None else ""
     return (f"{b['steps']} steps {b['from']} to {b['to']}: {fmt(b['backtest_s'], ' s')} "
             f"(median of {b['runs']}{' after a warm-up' if b['warmup'] else ''}; CPU {fmt(b['cpu_s'], ' s')}{db}, "
-            f"peak RSS {fmt(b['rss_mib'], ' MiB')}) vs runbook 48 h {fmt(b['psql_48h_ms'] / 1000, ' s')}: "
+            f"peak RSS {fmt(b['rss_mib'], ' MiB')}; load average {b.get('loadavg_1m', '?')}) vs runbook 48 h {fmt(b['psql_48h_ms'] / 1000, ' s')}: "
             f"{fmt(b['ratio'], 'x')}")
 
 
