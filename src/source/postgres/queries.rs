@@ -184,7 +184,7 @@ impl Sql<'_> {
     /// The start-up load for a JSON context column, in ONE scan with plain GROUP BYs (which
     /// PostgreSQL can run as parallel hash aggregates; GROUPING SETS cannot), for rows older than
     /// the part streamed row by row ($2) and rows without an instant: by event type, reason (cut at
-    /// 101 characters: labels keep 100), the shape of context, the time class and, for rows of the
+    /// 101 characters on the way out: labels keep 100), the shape of context, the time class and, for rows of the
     /// longest window (from $3), the minute. Reasons are ranked per event type in SQL and only the
     /// top `$5` (`--reason-cap`) come out by name; the rest come out summed as `folded`, so memory
     /// is bounded by the caps, not by distinct reason texts. `date_bin` keeps the minute arithmetic
@@ -197,7 +197,7 @@ impl Sql<'_> {
         let t = self.typeof_fn();
         format!(
             "WITH g AS MATERIALIZED (\
-               SELECT et, left(r #>> '{{}}', 101) AS reason, {t}(r) AS reason_type, ct, class, \
+               SELECT et, r #>> '{{}}' AS reason, {t}(r) AS reason_type, ct, class, \
                       CASE WHEN class = 0 AND ca >= {ts3} THEN date_bin({BIN_4}, ca, timestamptz 'epoch') END AS minute, \
                       count(*)::int8 AS n, max(ca) FILTER (WHERE class = 0) AS last, \
                       min(id::text) FILTER (WHERE class <> 0 OR ct IS DISTINCT FROM 'object' OR et IS NULL) AS example \
@@ -220,7 +220,7 @@ impl Sql<'_> {
             before = self.compare("<", &ts("$2")),
             ts3 = ts("$3"),
             et_out = self.out("et"),
-            reason_out = self.out("reason"),
+            reason_out = self.out("left(reason, 101)"),
             minute_us = us("minute"),
             last_us = us("max(last)"),
             example_out = self.out("min(example)"),
