@@ -331,6 +331,15 @@ async fn row_level_security_that_hides_every_row_keeps_the_exporter_not_ready_an
     .unwrap();
 }
 
+/// A flags file selecting phase `full`, in a temporary directory kept alive by the first element.
+fn full_phase_flags() -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new("rex_flags");
+    let flags = dir.path().join("flags.env");
+    std::fs::write(&flags, "FEATURE_ASSIGNMENT_PIPELINE_V3=true\nFEATURE_ASSIGNMENT_PIPELINE_V3_SHADOW=false\n")
+        .unwrap();
+    (dir, flags)
+}
+
 /// Seeds a soak whose rows are all older than the reconciliation range: 300 starts and 300
 /// confirmations, plus 20 load-test bookings (a start and a manual review each).
 async fn seed_with_load_test(db: &TestDb) {
@@ -356,10 +365,7 @@ async fn verdict_of(app: &TestApp) -> serde_json::Value {
 async fn deleted_rows_leave_the_window_and_the_gate_in_both_directions_while_counters_stay() {
     let db = TestDb::new().await;
     seed_with_load_test(&db).await;
-    let dir = TempDir::new("rex_flags");
-    let flags = dir.path().join("flags.env");
-    std::fs::write(&flags, "FEATURE_ASSIGNMENT_PIPELINE_V3=true\nFEATURE_ASSIGNMENT_PIPELINE_V3_SHADOW=false\n")
-        .unwrap();
+    let (_dir, flags) = full_phase_flags();
     let args = [
         "--flags-file",
         flags.to_str().unwrap(),
@@ -433,10 +439,7 @@ async fn the_gate_fails_closed_when_the_database_goes_away_after_a_go() {
     let db = TestDb::builder().port(cluster.port).build().await;
     db.events().event_type("coordinator.start").count(200).within_last_secs(3000).insert().await;
     db.events().event_type("coordinator.confirmed").count(200).within_last_secs(3000).insert().await;
-    let dir = TempDir::new("rex_flags");
-    let flags = dir.path().join("flags.env");
-    std::fs::write(&flags, "FEATURE_ASSIGNMENT_PIPELINE_V3=true\nFEATURE_ASSIGNMENT_PIPELINE_V3_SHADOW=false\n")
-        .unwrap();
+    let (_dir, flags) = full_phase_flags();
     let args = [
         "--flags-file",
         flags.to_str().unwrap(),
