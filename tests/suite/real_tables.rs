@@ -293,10 +293,11 @@ async fn row_level_security_that_hides_every_row_keeps_the_exporter_not_ready_an
         .build()
         .await;
     db.events().event_type("coordinator.start").count(150).within_last_secs(3000).insert().await;
-    let role = unique("rex_rls");
+    // `app` stands for Supabase's `authenticated`: the only role a policy lets read.
+    let (role, app) = (unique("rex_rls"), unique("rex_rls_app"));
     sqlx::raw_sql(&format!(
-        "DO $$ BEGIN CREATE ROLE app_authenticated NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-         CREATE POLICY app_reads ON observability_events FOR SELECT TO app_authenticated USING (true);
+        "CREATE ROLE {app} NOLOGIN;
+         CREATE POLICY app_reads ON observability_events FOR SELECT TO {app} USING (true);
          CREATE ROLE {role} LOGIN NOBYPASSRLS; GRANT SELECT ON observability_events TO {role}"
     ))
     .execute(&db.pool)
@@ -324,7 +325,8 @@ async fn row_level_security_that_hides_every_row_keeps_the_exporter_not_ready_an
     exporter.wait_totals_match(&db).await;
     drop(exporter);
     sqlx::raw_sql(&format!(
-        "DROP POLICY rollout_exporter_read ON observability_events; DROP OWNED BY {role}; DROP ROLE {role}"
+        "DROP POLICY rollout_exporter_read ON observability_events; DROP POLICY app_reads ON observability_events;
+         DROP OWNED BY {role}; DROP ROLE {role}; DROP ROLE {app}"
     ))
     .execute(&db.pool)
     .await
