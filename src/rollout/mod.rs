@@ -494,7 +494,13 @@ fn fmt_observed(c: &Criterion) -> String {
 
 fn fmt_threshold(c: &Criterion) -> String {
     if c.name == CriterionKind::SoakElapsed {
-        let d = humantime::format_duration(std::time::Duration::from_secs(c.threshold as u64));
+        // Whole hours as the window is usually written (48h), not humantime's "2days".
+        let secs = c.threshold as u64;
+        let d = if secs % 3600 == 0 {
+            format!("{}h", secs / 3600)
+        } else {
+            humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+        };
         return format!("{} {d}", c.comparison);
     }
     format!("{} {}", c.comparison, c.threshold)
