@@ -151,6 +151,11 @@ impl Malformed {
         Malformed::LabelIsMarker,
     ];
 
+    /// This kind as one bit of a `u16` set (its position in [`Malformed::ALL`]).
+    pub fn bit(self) -> u16 {
+        1 << Malformed::ALL.iter().position(|k| *k == self).unwrap_or(0)
+    }
+
     /// Bounded metric label.
     pub fn label(self) -> &'static str {
         match self {

@@ -38,31 +38,33 @@ impl Ingest {
         self.tx.send_replace(Arc::new(self.current.clone()));
     }
 
-    /// Folds a start-up batch into a fresh tally; the snapshot becomes ready.
+    /// Folds a start-up batch into a fresh tally; the snapshot becomes ready unless the source
+    /// still has rows to hand over (`more`: its catch-up polls follow at once).
     fn fold_load(&mut self, cfg: TallyConfig, mut batch: Batch, seconds: f64) {
         let mut tally = Tally::new(cfg);
         tally.advance(batch.now);
-        tally.fold_load(&batch.groups, &mut batch.rows);
+        tally.fold_load(&batch.groups, &mut batch.rows, batch.reread_from);
         self.tally = tally;
         let s = &mut self.current;
-        s.ready = true;
-        s.health.database_up = true;
-        s.health.last_success = Some(batch.now);
-        s.health.fresh_at = Some(fresh_at(&batch));
-        s.health.replica_lag_seconds = batch.stats.replica_lag_us.map(|us| us as f64 / 1e6);
+        s.ready = !batch.more;
         s.health.load_seconds = seconds;
         s.ingest.tracked_ids = batch.stats.tracked_ids.unwrap_or(0);
-        s.tally = self.tally.view();
-        self.publish();
+        self.succeeded(&batch);
     }
 
-    /// Folds a poll's new rows.
+    /// Folds a poll: minutes read again whole, then the new rows.
     fn fold_poll(&mut self, mut batch: Batch, seconds: f64) -> usize {
         self.tally.advance(batch.now);
+        for m in &batch.late {
+            self.tally.count_late_rows(m.minute, &m.rows);
+        }
         for m in &batch.replaced {
-            self.tally.replace_minute(m.minute, &m.rows);
+            self.tally.rebuild_minute(m.minute, &m.rows);
         }
         self.tally.fold_rows(&mut batch.rows);
+        if let Some(m) = batch.reread_from {
+            self.tally.reconcile_from(m);
+        }
         let s = &mut self.current;
         s.ingest.poll_seconds.observe(&POLL_BUCKETS, seconds);
         s.ingest.read_rows += batch.stats.read_rows;
@@ -72,13 +74,26 @@ impl Ingest {
         if let Some(n) = batch.stats.tracked_ids {
             s.ingest.tracked_ids = n;
         }
+        if !batch.more && !s.ready {
+            s.ready = true;
+            s.health.load_seconds += seconds;
+            tracing::info!(seconds = s.health.load_seconds, "caught up with the table: ready");
+        } else if !s.ready {
+            s.health.load_seconds += seconds;
+        }
+        self.succeeded(&batch);
+        batch.rows.len()
+    }
+
+    /// What every successful batch updates: health, freshness and the tally's view.
+    fn succeeded(&mut self, batch: &Batch) {
+        let s = &mut self.current;
         s.health.database_up = true;
         s.health.last_success = Some(batch.now);
-        s.health.fresh_at = Some(fresh_at(&batch));
+        s.health.fresh_at = Some(fresh_at(batch));
         s.health.replica_lag_seconds = batch.stats.replica_lag_us.map(|us| us as f64 / 1e6);
         s.tally = self.tally.view();
         self.publish();
-        batch.rows.len()
     }
 
     /// A failed load or poll: counted by kind, the data stays served with `database_up` 0.
@@ -94,9 +109,10 @@ impl Ingest {
     }
 }
 
-/// When the batch's data was current, on the exporter's clock: now, less a standby's replay lag.
+/// When the batch's data was current, on the exporter's clock: now, less a standby's replay lag
+/// and what the source has not read yet while it is behind.
 fn fresh_at(batch: &Batch) -> UnixMicros {
-    UnixMicros::now().plus_us(-batch.stats.replica_lag_us.unwrap_or(0).max(0))
+    UnixMicros::now().plus_us(-batch.stats.replica_lag_us.unwrap_or(0).max(0) - batch.stats.behind_us.max(0))
 }
 
 /// Loads (retrying with backoff), then calls `next` every interval until shutdown. A load or poll
@@ -110,6 +126,7 @@ pub async fn run<S: Source>(
 ) {
     let mut ingest = Ingest::new(cfg.clone(), tx);
     let mut backoff = FIRST_BACKOFF;
+    let mut behind;
     loop {
         let started = Instant::now();
         let loaded = tokio::select! {
@@ -118,10 +135,11 @@ pub async fn run<S: Source>(
         };
         match loaded {
             Ok(batch) => {
-                let (groups, rows) = (batch.groups.len(), batch.rows.len());
+                let (groups, rows, more) = (batch.groups.len(), batch.rows.len(), batch.more);
                 let seconds = started.elapsed().as_secs_f64();
                 ingest.fold_load(cfg, batch, seconds);
-                tracing::info!(seconds, groups, streamed_rows = rows, "start-up load finished");
+                tracing::info!(seconds, groups, rows, catching_up = more, "start-up load finished");
+                behind = more;
                 break;
             }
             Err(e) => {
@@ -135,7 +153,12 @@ pub async fn run<S: Source>(
     }
     let mut failures = 0u32;
     loop {
-        let wait = (source.interval() * 2u32.saturating_pow(failures.min(3))).min(MAX_BACKOFF.max(source.interval()));
+        // Behind (catching up, or a burst read page by page): the next page at once.
+        let wait = if behind && failures == 0 {
+            Duration::ZERO
+        } else {
+            (source.interval() * 2u32.saturating_pow(failures.min(3))).min(MAX_BACKOFF.max(source.interval()))
+        };
         if crate::sleep_or_shutdown(wait, &mut shutdown).await {
             return;
         }
@@ -151,8 +174,9 @@ pub async fn run<S: Source>(
                     tracing::info!(after_failures = failures, "source reachable again");
                 }
                 failures = 0;
+                behind = batch.more;
                 let n = ingest.fold_poll(batch, seconds);
-                tracing::debug!(new_rows = n, "poll");
+                tracing::debug!(new_rows = n, behind, "poll");
             }
             Err(e) => {
                 failures += 1;

@@ -195,8 +195,12 @@ pub const REBUILT_MINUTES: Family = family(
     &[],
     "Minutes of the longest window whose buckets were rebuilt because their rows changed (deleted rows).",
 );
-pub const TRACKED_IDS: Family =
-    family("rollout_exporter_tracked_ids", G, &[], "Row ids held for de-duplication and reconciliation.");
+pub const TRACKED_IDS: Family = family(
+    "rollout_exporter_tracked_ids",
+    G,
+    &[],
+    "Row ids held for de-duplication: counted rows dated at or after the watermark.",
+);
 
 /// Every family the exporter defines (the process collector adds the standard `process_*`).
 pub const FAMILIES: [&Family; 40] = [

@@ -23,11 +23,22 @@ pub struct Batch {
     pub groups: Vec<Group>,
     /// Single rows counted for the first time (a source de-duplicates before it hands them over).
     pub rows: Vec<Row>,
+    /// Minutes below the watermark whose count grew (rows that committed after a poll passed their
+    /// `created_at`): every row of the minute below the watermark. The tally counts what they
+    /// hold beyond what was counted.
+    pub late: Vec<MinuteRows>,
     /// Minutes whose rows changed other than by new rows (deletions): every row the minute holds
     /// now. The window buckets of these minutes are rebuilt; the all-time counters stay.
     pub replaced: Vec<MinuteRows>,
     /// What it cost, for the exporter's own metrics.
     pub stats: BatchStats,
+    /// The source is behind (a load's catch-up, or a burst read page by page): call
+    /// [`Source::next`] again at once; the data is complete up to `now` only.
+    pub more: bool,
+    /// The oldest Unix minute the source may still hand over again whole in `replaced` because
+    /// rows committed late; from it on it hands rows over one by one (None: it never re-reads).
+    /// After a load, the groups of these minutes only rank labels: their rows follow in polls.
+    pub reread_from: Option<i64>,
 }
 
 /// Every row one Unix minute holds now.
@@ -46,12 +57,15 @@ pub struct BatchStats {
     pub late_rows: u64,
     /// New rows found by reconciliation, older than the overlap margin.
     pub reconciled_rows: u64,
-    /// Row ids held for de-duplication after the batch (None: the source keeps none).
+    /// Row ids held for de-duplication after the batch: rows dated at or after the watermark
+    /// (None: the source keeps none).
     pub tracked_ids: Option<u64>,
     /// Replay lag of the hot standby read from, microseconds (None: a primary, or no database).
     pub replica_lag_us: Option<i64>,
     /// Minutes of the window rebuilt because their rows changed (deletions).
     pub rebuilt_minutes: u64,
+    /// How far the data lags the database's `now()` while the source is behind, microseconds.
+    pub behind_us: i64,
 }
 
 /// A source of events for the ingest loop.
@@ -62,7 +76,8 @@ pub trait Source: Send + 'static {
     /// Time between two [`Source::next`] calls when all is well.
     fn interval(&self) -> Duration;
 
-    /// The start-up batch: aggregates of everything so far, and the recent rows one by one.
+    /// The start-up batch: aggregates of everything so far, and rows one by one (the source may
+    /// hand the recent ones over in the calls of [`Source::next`] that follow: `more`).
     fn load(&mut self) -> impl Future<Output = Result<Batch, SourceError>> + Send;
 
     /// The rows that arrived since the previous call, each exactly once.

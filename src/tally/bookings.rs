@@ -79,6 +79,24 @@ struct Booking {
     started_us: Option<i64>,
     first_us: i64,
     last_us: i64,
+    /// [`fingerprint`]s of the booking's last rows (0: none), newest at `fingerprints[0]`: a row
+    /// of a re-read minute that is among them was already applied.
+    fingerprints: [u64; FINGERPRINTS],
+}
+
+/// Rows remembered per tracked booking: a start, a retry or lock contention, and an outcome.
+const FINGERPRINTS: usize = 3;
+
+impl Booking {
+    fn remember(&mut self, fp: u64) {
+        self.fingerprints.rotate_right(1);
+        self.fingerprints[0] = fp;
+    }
+}
+
+/// A row's fingerprint: its id hashed to 64 bits (fixed keys; never 0).
+pub fn fingerprint(row_id: &str) -> u64 {
+    key(row_id).max(1)
 }
 
 /// Booking events that broke the state machine: from a state, by an event, how many.
@@ -140,8 +158,9 @@ impl Bookings {
         }
     }
 
-    /// Applies one event of a booking. `event_type` is the label (unknown types are ignored).
-    pub fn observe(&mut self, booking_id: Option<&str>, event_type: &str, at_us: i64) {
+    /// Applies one event of a booking. `event_type` is the label (unknown types are ignored);
+    /// `fp` the row's [`fingerprint`].
+    pub fn observe(&mut self, booking_id: Option<&str>, event_type: &str, at_us: i64, fp: u64) {
         let Some(step) = step(event_type) else { return };
         let Some(id) = booking_id else {
             *self.without_booking.entry(event_type.to_string()).or_default() += 1;
@@ -162,11 +181,15 @@ impl Bookings {
                     }
                 };
                 self.order.push_back((at_us, id));
-                self.map.insert(id, Booking { state, started_us, first_us: at_us, last_us: at_us });
+                let mut b =
+                    Booking { state, started_us, first_us: at_us, last_us: at_us, fingerprints: [0; FINGERPRINTS] };
+                b.remember(fp);
+                self.map.insert(id, b);
                 self.evict_over_cap();
             }
             Some(b) => {
                 b.last_us = b.last_us.max(at_us);
+                b.remember(fp);
                 match (b.state, step) {
                     (State::Started, Step::Progress(_)) => {}
                     (State::Started, Step::Outcome(i)) => {
@@ -183,6 +206,27 @@ impl Bookings {
         }
     }
 
+    /// A row of a minute re-read after late commits: applied unless this booking's state already
+    /// holds it. A tracked booking knows its last rows by fingerprint; a retry or lock contention
+    /// no later than the booking's newest event changes nothing in order, so it is not applied
+    /// twice either. An untracked booking (evicted past `max_tracked`) takes the row as new.
+    pub fn observe_again(&mut self, booking_id: &str, event_type: &str, at_us: i64, fp: u64) {
+        let Some(s) = step(event_type) else { return };
+        if let Some(b) = self.map.get(&key(booking_id)) {
+            if b.fingerprints.contains(&fp) || (matches!(s, Step::Progress(_)) && at_us <= b.last_us) {
+                return;
+            }
+        }
+        self.observe(Some(booking_id), event_type, at_us, fp);
+    }
+
+    /// Rows of a booking event type without a booking id, counted from a re-read minute's sums.
+    pub fn count_without_booking(&mut self, event_type: &str, rows: u64) {
+        if step(event_type).is_some() {
+            *self.without_booking.entry(event_type.to_string()).or_default() += rows;
+        }
+    }
+
     fn evict_over_cap(&mut self) {
         while self.map.len() > self.max_tracked {
             let Some((first, id)) = self.order.pop_front() else { break };
@@ -193,11 +237,12 @@ impl Bookings {
         }
     }
 
-    /// Forgets finished bookings older than `stuck_after` and unfinished ones older than 24 h.
-    pub fn prune(&mut self, now_us: i64) {
-        let stuck_after = self.stuck_after_us;
+    /// Forgets finished bookings older than `stuck_after` (and than `keep_from_us`, the start of
+    /// the minutes that may still be re-read) and unfinished ones older than 24 h.
+    pub fn prune(&mut self, now_us: i64, keep_from_us: Option<i64>) {
+        let finished_from = (now_us - self.stuck_after_us).min(keep_from_us.unwrap_or(i64::MAX));
         self.map.retain(|_, b| match b.state {
-            State::Outcome(_) => b.last_us >= now_us - stuck_after,
+            State::Outcome(_) => b.last_us >= finished_from,
             State::Started => b.last_us >= now_us - UNFINISHED_RETENTION_US,
         });
         let map = &self.map;
@@ -242,10 +287,10 @@ mod tests {
     #[test]
     fn a_normal_booking_is_valid_and_times_its_outcome() {
         let mut b = bookings();
-        b.observe(Some("b1"), START, 0);
-        b.observe(Some("b1"), RETRY, S);
-        b.observe(Some("b1"), LOCK_CONTENTION, 2 * S);
-        b.observe(Some("b1"), CONFIRMED, 3 * S);
+        b.observe(Some("b1"), START, 0, 1);
+        b.observe(Some("b1"), RETRY, S, 2);
+        b.observe(Some("b1"), LOCK_CONTENTION, 2 * S, 3);
+        b.observe(Some("b1"), CONFIRMED, 3 * S, 4);
         let v = b.view(4 * S);
         assert!(v.invalid.is_empty(), "{:?}", v.invalid);
         assert_eq!(v.time_to_outcome[0].count, 1);
@@ -255,11 +300,11 @@ mod tests {
     #[test]
     fn outcome_without_start_and_events_after_outcome_are_invalid() {
         let mut b = bookings();
-        b.observe(Some("b1"), CONFIRMED, 0);
-        b.observe(Some("b2"), START, 0);
-        b.observe(Some("b2"), ERROR, S);
-        b.observe(Some("b2"), RETRY, 2 * S);
-        b.observe(Some("b2"), START, 3 * S);
+        b.observe(Some("b1"), CONFIRMED, 0, 5);
+        b.observe(Some("b2"), START, 0, 6);
+        b.observe(Some("b2"), ERROR, S, 7);
+        b.observe(Some("b2"), RETRY, 2 * S, 8);
+        b.observe(Some("b2"), START, 3 * S, 9);
         let v = b.view(4 * S);
         let invalid: Vec<_> = v.invalid.iter().map(|t| ((t.from, t.to), t.count)).collect();
         assert_eq!(invalid, vec![(("error", "retry"), 1), (("error", "start"), 1), (("none", "confirmed"), 1)]);
@@ -268,14 +313,14 @@ mod tests {
     #[test]
     fn stuck_bookings_are_counted_after_stuck_after_and_memory_is_bounded() {
         let mut b = Bookings::new(2, Duration::from_secs(900));
-        b.observe(Some("b1"), START, 0);
-        b.observe(Some("b2"), START, 0);
+        b.observe(Some("b1"), START, 0, 10);
+        b.observe(Some("b2"), START, 0, 11);
         assert_eq!(b.view(900 * S).stuck, 0);
         assert_eq!(b.view(901 * S).stuck, 2);
-        b.observe(Some("b3"), START, S);
+        b.observe(Some("b3"), START, S, 12);
         let v = b.view(S);
         assert_eq!((v.tracked, v.evicted), (2, 1));
-        b.observe(None, START, S);
+        b.observe(None, START, S, 13);
         assert_eq!(b.view(S).without_booking, vec![WithoutBooking { event_type: START.to_string(), count: 1 }]);
     }
 }

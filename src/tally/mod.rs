@@ -4,7 +4,9 @@
 //! - per-minute buckets by event type (count, and count without a reason), for the window gauges,
 //!   kept for the longest window only;
 //! - the newest `created_at` per event type;
-//! - the booking state machine ([`bookings`]).
+//! - the booking state machine ([`bookings`]);
+//! - for the minutes the source may still re-read (late commits), what each minute's rows added,
+//!   by label set: a re-read minute adds only the difference ([`Tally::reconcile_minute`]).
 //!
 //! The tally is owned by the ingest loop alone; outputs only ever see the immutable [`TallyView`]
 //! it produces. The `verdict` command builds a tally from the same start-up aggregates, so both
@@ -122,6 +124,26 @@ pub struct Tally {
     bookings: Bookings,
     /// The newest time the tally was advanced to; used to tell future-dated rows (0: not yet).
     now: UnixMicros,
+    /// Per Unix minute from [`Tally::reconcile_from`] on: the rows counted, by what they added.
+    /// Memory: minutes of the reconciliation range x label sets, never rows.
+    recent: BTreeMap<i64, HashMap<RowKey, u64>>,
+    /// The oldest minute the source may still re-read (None: it never does; nothing is kept).
+    recent_from: Option<i64>,
+    /// Rows counted at or after the clock (`created_at`, Unix microseconds): added to `recent`
+    /// when the clock passes them. As many as the source's rows ahead of its watermark.
+    ahead: Vec<(i64, RowKey)>,
+}
+
+/// What one counted row added: its labels, its malformed kinds (bits in [`Malformed::ALL`]
+/// order) and whether it lacked a booking id. Rows with the same key are interchangeable for
+/// every counter, so per-minute sums of keys tell exactly what a re-read minute adds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RowKey {
+    event_type: String,
+    reason: String,
+    malformed: u16,
+    without_reason: bool,
+    without_booking: bool,
 }
 
 /// A raw (event type, reason) pair of the start-up load.
@@ -141,6 +163,9 @@ impl Tally {
             malformed: BTreeMap::new(),
             malformed_logged: HashSet::new(),
             now: UnixMicros(0),
+            recent: BTreeMap::new(),
+            recent_from: None,
+            ahead: Vec::new(),
         };
         for et in KNOWN_EVENT_TYPES {
             t.type_idx(et);
@@ -245,10 +270,19 @@ impl Tally {
         }
     }
 
-    /// Folds a start-up load: aggregates of the older rows and the recent rows one by one.
-    pub fn fold_load(&mut self, groups: &[Group], rows: &mut [Row]) {
+    /// Folds a start-up load: aggregates, and rows one by one. Labels are ranked over all of it.
+    /// Groups of minutes from `rows_from_minute` on are ranked only: the source hands their rows
+    /// over one by one in the polls that follow (the load's catch-up), and they count then.
+    pub fn fold_load(&mut self, groups: &[Group], rows: &mut [Row], rows_from_minute: Option<i64>) {
         self.rank_labels(groups, rows);
-        self.fold_groups(groups);
+        let before = |g: &&Group| match (g.minute, rows_from_minute) {
+            (Some(m), Some(from)) => m < from,
+            _ => true,
+        };
+        self.fold_groups(groups.iter().filter(before));
+        if let Some(from) = rows_from_minute {
+            self.reconcile_from(from);
+        }
         self.fold_rows(rows);
     }
 
@@ -300,14 +334,90 @@ impl Tally {
             self.note_malformed(Malformed::FutureDated, 1, Some(&row.id));
         }
         if dated {
-            self.bookings.observe(row.booking_id.as_deref(), &et, row.created_us);
+            self.bookings.observe(row.booking_id.as_deref(), &et, row.created_us, bookings::fingerprint(&row.id));
+            if self.recent_from.is_some_and(|from| at.minute() >= from) {
+                let key = self.row_key(et, row);
+                // A row at or after the watermark joins its minute's sums when the clock passes it:
+                // until then a re-read of that minute does not reach it.
+                if at >= self.now {
+                    self.ahead.push((at.0, key));
+                } else {
+                    *self.recent.entry(at.minute()).or_default().entry(key).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    /// From this Unix minute on, the source may re-read minutes ([`Tally::count_late_rows`]):
+    /// what the rows of each such minute added is kept; older minutes are forgotten. Moves forward only.
+    pub fn reconcile_from(&mut self, minute: i64) {
+        let from = self.recent_from.map_or(minute, |f| f.max(minute));
+        self.recent_from = Some(from);
+        self.recent = self.recent.split_off(&from);
+    }
+
+    /// Rows of one minute below the watermark (`[minute start, min(minute end, watermark))`),
+    /// re-read because the database holds more of them than were counted: they committed after
+    /// a poll had passed their `created_at`. The counters and the window buckets get what the
+    /// rows hold beyond what was counted, label set by label set, and the booking state machine
+    /// the rows it has not seen (a tracked booking knows its last rows by fingerprint). Counters
+    /// never go down: rows deleted meanwhile are left to [`Tally::rebuild_minute`]. The source
+    /// re-reads only minutes from [`Tally::reconcile_from`] on; an older minute changes nothing.
+    pub fn count_late_rows(&mut self, minute: i64, rows: &[Row]) {
+        if self.recent_from.is_none_or(|from| minute < from) {
+            tracing::debug!(minute, "late rows of a minute no longer re-readable: left to the window check");
+            return;
+        }
+        let mut now_held: HashMap<RowKey, (u64, Option<&str>)> = HashMap::new();
+        for row in rows.iter().filter(|r| r.time == TimeClass::Dated) {
+            let et = self.labels.event_type(row.event_type.as_deref());
+            let e = now_held.entry(self.row_key(et, row)).or_insert((0, Some(&row.id)));
+            e.0 += 1;
+        }
+        let counted = self.recent.remove(&minute).unwrap_or_default();
+        for (key, (n, example)) in &now_held {
+            let added = n.saturating_sub(counted.get(key).copied().unwrap_or(0));
+            if added == 0 {
+                continue;
+            }
+            *self.totals.entry((key.event_type.clone(), key.reason.clone())).or_default() += added;
+            self.add_bucket(&key.event_type, minute, added, if key.without_reason { added } else { 0 });
+            for kind in Malformed::ALL.iter().filter(|k| key.malformed & k.bit() != 0) {
+                self.note_malformed(*kind, added, *example);
+            }
+            if key.without_booking {
+                self.bookings.count_without_booking(&key.event_type, added);
+            }
+        }
+        let mut sorted: Vec<&Row> = rows.iter().filter(|r| r.time == TimeClass::Dated).collect();
+        sorted.sort_by_key(|r| (r.created_us, bookings::rank(r.event_type.as_deref())));
+        for row in sorted {
+            let et = self.labels.event_type(row.event_type.as_deref());
+            let newest = self.last_event.entry(et.clone()).or_insert(UnixMicros(row.created_us));
+            *newest = (*newest).max(UnixMicros(row.created_us));
+            if let Some(id) = row.booking_id.as_deref() {
+                self.bookings.observe_again(id, &et, row.created_us, bookings::fingerprint(&row.id));
+            }
+        }
+        self.recent.insert(minute, now_held.into_iter().map(|(k, (n, _))| (k, n)).collect());
+    }
+
+    /// What a counted row adds, as a key of the per-minute sums.
+    fn row_key(&mut self, event_type: String, row: &Row) -> RowKey {
+        let reason = self.labels.reason(&event_type, row.reason.as_deref());
+        RowKey {
+            event_type,
+            reason,
+            malformed: events::malformed_kinds(Oddities::of_row(row)).fold(0, |bits, k| bits | k.bit()),
+            without_reason: row.reason.is_none(),
+            without_booking: row.booking_id.is_none(),
         }
     }
 
     /// Rebuilds one minute's buckets from every row it holds now (rows were deleted, or appeared
     /// long after their `created_at`). The all-time counters are left alone: a counter never goes
     /// down.
-    pub fn replace_minute(&mut self, minute: i64, rows: &[Row]) {
+    pub fn rebuild_minute(&mut self, minute: i64, rows: &[Row]) {
         if self.now.0 != 0 && minute < self.horizon_minute(self.now) {
             return;
         }
@@ -316,14 +426,40 @@ impl Tally {
             let et = self.labels.event_type(row.event_type.as_deref());
             self.add_bucket(&et, minute, 1, u64::from(row.reason.is_none()));
         }
+        if let Some(sums) = self.recent.get_mut(&minute) {
+            // Deleted rows: what the minute holds now is what a later re-read compares with.
+            sums.clear();
+            let rows: Vec<&Row> = rows.iter().filter(|r| r.time == TimeClass::Dated).collect();
+            let keys: Vec<RowKey> = rows
+                .iter()
+                .map(|r| {
+                    let et = self.labels.event_type(r.event_type.as_deref());
+                    self.row_key(et, r)
+                })
+                .collect();
+            let sums = self.recent.entry(minute).or_default();
+            for k in keys {
+                *sums.entry(k).or_default() += 1;
+            }
+        }
     }
 
     /// Moves the clock forward: drops buckets no window needs and ages the booking state.
     pub fn advance(&mut self, now: UnixMicros) {
         self.now = self.now.max(now);
+        if !self.ahead.is_empty() {
+            let (passed, ahead): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.ahead).into_iter().partition(|(at, _)| *at < self.now.0);
+            self.ahead = ahead;
+            for (at, key) in passed {
+                *self.recent.entry(UnixMicros(at).minute()).or_default().entry(key).or_default() += 1;
+            }
+        }
         let horizon = self.horizon_minute(self.now);
         self.buckets = self.buckets.split_off(&horizon);
-        self.bookings.prune(self.now.0);
+        // A finished booking stays tracked while a minute of its rows may still be re-read.
+        let keep_from = self.recent_from.map(|m| m.saturating_mul(crate::time::MINUTE));
+        self.bookings.prune(self.now.0, keep_from);
     }
 
     /// Sum of the buckets from `start_minute` on, by type index.
@@ -458,5 +594,53 @@ mod tests {
         assert_eq!(sum, 10);
         assert_eq!(v.windows[1].rows(CONFIRMED), 0);
         assert!(t.buckets.is_empty());
+    }
+
+    fn total(v: &TallyView, et: &str, reason: &str) -> u64 {
+        v.totals.iter().find(|t| t.event_type == et && t.reason == reason).map_or(0, |t| t.rows)
+    }
+
+    #[test]
+    fn a_re_read_minute_adds_only_the_rows_beyond_what_was_counted_and_never_replays_a_booking() {
+        let mut t = Tally::new(cfg());
+        let minute = UnixMicros(NOW).minute() - 3;
+        t.reconcile_from(minute - 10);
+        t.advance(UnixMicros(NOW));
+        let at = minute * MINUTE;
+        let mut outcome = row("2", CONFIRMED, None, at + 2);
+        outcome.booking_id = Some("b-1".into());
+        let counted = vec![row("1", START, None, at + 1), outcome];
+        t.fold_rows(&mut counted.clone());
+        // The same minute re-read with a late retry of booking 1 and a late start of booking 3.
+        let mut all = counted;
+        all.push(row("3", START, None, at + 3));
+        let mut retry = row("4", crate::events::RETRY, Some("slow"), at + 1);
+        retry.booking_id = Some("b-1".into());
+        all.push(retry);
+        t.count_late_rows(minute, &all);
+        t.count_late_rows(minute, &all); // twice: nothing more
+        let v = t.view();
+        assert_eq!(total(&v, START, ""), 2);
+        assert_eq!(total(&v, CONFIRMED, ""), 1);
+        assert_eq!(total(&v, crate::events::RETRY, "slow"), 1);
+        assert_eq!(v.windows[0].rows(START), 2);
+        assert!(v.bookings.invalid.is_empty(), "no row replayed into the state machine: {:?}", v.bookings.invalid);
+        assert_eq!(v.bookings.tracked, 2);
+    }
+
+    #[test]
+    fn a_row_ahead_of_the_clock_joins_its_minutes_sums_only_when_the_clock_passes_it() {
+        let mut t = Tally::new(cfg());
+        t.reconcile_from(UnixMicros(NOW).minute() - 10);
+        t.advance(UnixMicros(NOW));
+        let minute = UnixMicros(NOW).minute();
+        // Counted ahead of the watermark (a row dated 1 s after now).
+        t.fold_rows(&mut [row("ahead", START, None, NOW + 1_000_000)]);
+        // The minute re-read below the watermark holds one late row and not the ahead one.
+        t.count_late_rows(minute, &[row("late", START, None, NOW - 1)]);
+        assert_eq!(total(&t.view(), START, ""), 2);
+        t.advance(UnixMicros(NOW + 2_000_000));
+        t.count_late_rows(minute, &[row("late", START, None, NOW - 1), row("ahead", START, None, NOW + 1_000_000)]);
+        assert_eq!(total(&t.view(), START, ""), 2, "the ahead row was counted once");
     }
 }

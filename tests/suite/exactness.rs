@@ -281,11 +281,11 @@ async fn the_poll_query_is_an_index_range_scan() {
     .unwrap();
     let sql = follower.db().queries().rows_since().to_string();
     let mut conn = db.pool.acquire().await.unwrap();
-    sqlx::raw_sql(&format!("PREPARE poll(text, int8) AS {sql}")).execute(&mut *conn).await.unwrap();
+    sqlx::raw_sql(&format!("PREPARE poll(text, int8, int8) AS {sql}")).execute(&mut *conn).await.unwrap();
     let lower_us = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap()
         - Duration::from_secs(135))
     .as_micros() as i64;
-    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE poll('{SOURCE}', {lower_us})"))
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE poll('{SOURCE}', {lower_us}, 10000)"))
         .fetch_all(&mut *conn)
         .await
         .unwrap();
@@ -325,8 +325,11 @@ async fn reconciliation_finds_a_transaction_that_outlived_the_overlap() {
     .await;
     app.ready().await;
     let mut tx = db.pool.begin().await.unwrap();
+    // The checked margin reaches back to the start of the minute the overlap begins in: a row
+    // dated two minutes back is beyond it, where only reconciliation looks.
     sqlx::query(
-        "INSERT INTO observability_events (source, event_type, context) VALUES ($1, 'coordinator.start', '{}')",
+        "INSERT INTO observability_events (source, event_type, context, created_at) \
+         VALUES ($1, 'coordinator.start', '{}', now() - interval '2 minutes')",
     )
     .bind(SOURCE)
     .execute(&mut *tx)
@@ -431,4 +434,61 @@ async fn a_scrape_right_after_a_poll_shows_the_new_snapshot() {
             "a reused rendering hid a poll"
         );
     }
+}
+
+#[tokio::test]
+async fn a_burst_larger_than_a_page_and_one_transaction_larger_than_a_page_are_counted_exactly() {
+    let db = TestDb::new().await;
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    // 25,000 rows over the last 20 s (two and a half pages), then 12,000 rows of one transaction
+    // sharing one created_at (more than a page at one instant).
+    db.events().event_type("coordinator.start").count(25_000).within_last_secs(20).insert().await;
+    db.events().event_type("coordinator.confirmed").count(12_000).insert().await;
+    let totals = app.wait_totals_match_within(&db, Duration::from_secs(60)).await;
+    assert_eq!(totals.values().sum::<u64>(), 37_000);
+    app.wait_polls(2).await;
+    let s = app.scrape().await;
+    assert_eq!(s.totals(), db.sql_totals().await, "no page counted twice");
+    assert_eq!(
+        s.value("assignment_coordinator_window_events", &[("window", "1h"), ("event_type", "coordinator.start")]),
+        25_000.0
+    );
+    assert_eq!(s.value("rollout_exporter_tracked_ids", &[]), 0.0, "no ids held for rows below the watermark");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_row_in_the_minute_of_a_future_dated_row_is_counted_once_and_the_future_row_once() {
+    let db = TestDb::new().await;
+    let app = spawn_app(serve_config(&db.url, &[])).await;
+    app.ready().await;
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO observability_events (source, event_type, context) VALUES ($1, 'coordinator.retry', '{\"reason\": \"slow\"}')")
+        .bind(SOURCE)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // Committed while the first is open: a row dated a few seconds ahead (in the same or the next
+    // minute), read and remembered before the late one commits.
+    db.events().event_type("coordinator.retry").reason("slow").at("now() + interval '3 seconds'").insert().await;
+    app.wait_totals_match(&db).await;
+    app.wait_polls(2).await;
+    tx.commit().await.unwrap();
+    let totals = app.wait_totals_match(&db).await;
+    assert_eq!(totals[&("coordinator.retry".into(), "slow".into())], 2);
+    // Well after both: the future row is below the watermark, and nothing is counted again.
+    wait_for("the future row to fall below the watermark", Duration::from_secs(20), || async {
+        (app.scrape().await.value("rollout_exporter_tracked_ids", &[]) == 0.0).then_some(())
+    })
+    .await;
+    app.wait_polls(3).await;
+    let s = app.scrape().await;
+    assert_eq!(s.totals(), db.sql_totals().await);
+    assert_eq!(s.value("rollout_exporter_late_events_total", &[]), 1.0);
+    assert_eq!(
+        s.value("assignment_coordinator_window_events", &[("window", "1h"), ("event_type", "coordinator.retry")]),
+        2.0
+    );
+    app.stop().await;
 }

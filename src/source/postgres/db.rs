@@ -18,6 +18,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Transaction};
 
 use super::decode::{self, TextLoad};
+use super::dedup::MAX_AHEAD;
 use super::probe::{probe, Probe};
 use super::queries::{ContextColumn, Queries, Shape, BIN_SECONDS, LOAD_PLANNER_HINTS, NOW_US};
 use crate::config::DatabaseConfig;
@@ -138,7 +139,8 @@ pub struct Db {
 /// What a start-up load reads.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadPlan {
-    /// Rows newer than this are returned one by one; older ones aggregated.
+    /// Groups of the minutes from `now - stream_back` (down to the minute) on are returned for
+    /// ranking labels only: the polls that follow hand their rows over one by one.
     pub stream_back: Duration,
     /// Seconds of the longest window: minutes are returned this far back.
     pub longest_window: u64,
@@ -153,11 +155,13 @@ pub struct Loaded {
     pub now: UnixMicros,
     /// Replay lag on a hot standby, microseconds.
     pub lag_us: Option<i64>,
-    /// Aggregates of the rows before `now - stream_back` (and of the rows without an instant),
-    /// with the minute inside the longest window.
+    /// Aggregates of the rows before `now` (and of the rows without an instant), with the minute
+    /// inside the longest window.
     pub groups: Vec<Group>,
-    /// Rows at or after `now - stream_back`, one by one.
+    /// Rows dated at or after `now` (at most [`super::dedup::MAX_AHEAD`], earliest first), one by one.
     pub rows: Vec<Row>,
+    /// The start of the minute `stream_back` before `now`: rows from here on come one by one.
+    pub rows_from: UnixMicros,
 }
 
 /// What one poll read.
@@ -183,8 +187,10 @@ pub struct PollPlan {
     /// Count rows per minute in [count_from, count_to) (the overlap, or a reconciliation range).
     pub count_from: UnixMicros,
     pub count_to: UnixMicros,
-    /// Read rows from here on.
+    /// Read rows from here on, in `created_at` order...
     pub rows_from: UnixMicros,
+    /// ...at most this many.
+    pub limit: usize,
 }
 
 /// The time a transaction reads as of.
@@ -235,17 +241,22 @@ async fn begin<'c>(
     Ok((tx, as_of.now.unwrap_or_default()))
 }
 
-/// Runs a row query (`rows_since`, `rows_between`) with its microsecond bounds.
+/// Runs a row query with its microsecond bounds: `rows_between` with `[from, to)`, or
+/// `rows_since` with `from` and a row limit (`limit`).
 async fn fetch_rows(
     tx: &mut Transaction<'_, Postgres>,
     q: &Queries,
     sql: &str,
     source: &str,
     bounds: &[UnixMicros],
+    limit: Option<usize>,
 ) -> Result<Vec<Row>, sqlx::Error> {
     let mut query = sqlx::query(sql).persistent(false).bind(source);
     for b in bounds {
         query = query.bind(b.0);
+    }
+    if let Some(limit) = limit {
+        query = query.bind(limit as i64);
     }
     let raw = q.shape.raw_text;
     query.fetch_all(&mut **tx).await?.iter().map(|r| decode::row(r, raw)).collect()
@@ -359,10 +370,11 @@ impl Db {
     }
 
     /// The start-up load, in one REPEATABLE READ snapshot: first the probe (the table's shape, the
-    /// zone, the role's access: an error says what to fix), then aggregates for rows older than
-    /// `now - stream_back` and for rows without an instant, and rows one by one from there on
-    /// (they seed the overlap de-duplication and the booking state machine). `longest_window`
-    /// (seconds) bounds the minutes returned; `reason_cap` the reasons returned by name.
+    /// zone, the role's access: an error says what to fix), then aggregates of the rows before
+    /// `now` and of the rows without an instant, and the rows dated at or after `now` one by one
+    /// (they are counted on sight; the polls skip them). `longest_window` (seconds) bounds the
+    /// minutes returned; `reason_cap` the reasons returned by name. Nothing of the size of the
+    /// table is held: the groups are bounded by the caps and the minutes of the longest window.
     pub async fn load(&mut self, plan: LoadPlan) -> Result<Loaded, SourceError> {
         let setup = self.setup(10, true);
         let cfg = self.cfg.clone();
@@ -403,7 +415,8 @@ impl Db {
                     } else {
                         Vec::new()
                     };
-                    let rows = fetch_rows(&mut tx, &q, &q.rows_since, &source, &[plan.rows_from]).await?;
+                    let rows =
+                        fetch_rows(&mut tx, &q, &q.rows_since, &source, &[plan.rows_from], Some(plan.limit)).await?;
                     tx.commit().await?;
                     Ok::<_, SourceError>(Polled { now, lag_us: as_of.lag_us, counts, rows })
                 }
@@ -450,7 +463,7 @@ impl Db {
             Box::pin(async move {
                 let r = async {
                     let (mut tx, _now) = begin(&mut conn, &setup).await?;
-                    let rows = fetch_rows(&mut tx, &q, &q.rows_between, &source, &[from, to]).await?;
+                    let rows = fetch_rows(&mut tx, &q, &q.rows_between, &source, &[from, to], None).await?;
                     tx.commit().await?;
                     Ok::<_, sqlx::Error>(rows)
                 }
@@ -516,6 +529,7 @@ async fn inspect_in(
             .persistent(false)
             .bind(&cfg.spec.source)
             .bind(as_of.now.unwrap_or_else(UnixMicros::now).minus(Duration::from_secs(120)).0)
+            .bind(super::PAGE_ROWS as i64)
             .fetch_all(&mut *tx)
             .await?;
         poll_plan = lines.join("\n");
@@ -602,17 +616,17 @@ async fn load_in(
             }
             other => other,
         })?;
-    let stream_from = now.minus(stream_back);
+    let rows_from = minute_start(now.minus(stream_back).minute());
     let horizon = minute_start(window_start_minute(now, longest_window));
     sqlx::query(LOAD_PLANNER_HINTS).persistent(false).execute(&mut *tx).await?;
-    let groups = load_groups(&mut tx, &q, &cfg.spec.source, (stream_from, horizon), reason_cap).await?;
+    let groups = load_groups(&mut tx, &q, &cfg.spec.source, (now, horizon), reason_cap).await?;
     let rows = match at {
         Some(_) => Vec::new(),
-        None => fetch_rows(&mut tx, &q, &q.rows_since, &cfg.spec.source, &[stream_from]).await?,
+        None => fetch_rows(&mut tx, &q, &q.rows_since, &cfg.spec.source, &[now], Some(MAX_AHEAD)).await?,
     };
     tx.commit().await?;
     if found.zone.source != "default" && q.shape.timestamp_without_zone {
         tracing::info!(zone = %found.zone.name, from = found.zone.source, "created_at has no time zone: read in this zone");
     }
-    Ok((Loaded { now, lag_us: as_of.lag_us, groups, rows }, found, q))
+    Ok((Loaded { now, lag_us: as_of.lag_us, groups, rows, rows_from }, found, q))
 }

@@ -2,15 +2,21 @@
 //!
 //! - [`queries`]: the SQL, one named statement per purpose;
 //! - [`db`]: connections, read-only transactions with deadlines, typed errors;
-//! - [`dedup`]: which recent rows were already counted.
+//! - [`dedup`]: the few rows dated at or after the watermark, which the next poll reads again.
 //!
-//! Exactly-once: `created_at` is the writer's transaction start, so a row can commit after a poll
-//! with a `created_at` before it. Each poll therefore reads the rows from the previous poll's
-//! database `now()` (the watermark, never the newest `created_at`, so a future-dated row cannot
-//! hide later rows) and, in the same snapshot, counts the rows per minute of the overlap margin
-//! below it with an index-only scan. Only a minute whose count exceeds what was counted is read
-//! again, and ids already counted are skipped. Every `--reconcile-interval` the counted range
-//! reaches back `--reconcile-window`, which catches writers whose transactions outlived the overlap.
+//! Exactly-once, in memory that does not follow the table or the write rate: polls read disjoint
+//! ranges of `created_at`, `[watermark, now())` of their snapshot (the watermark is the previous
+//! poll's database `now()`, never the newest `created_at`, so a future-dated row cannot hide later
+//! rows), at most [`PAGE_ROWS`] at a time in `created_at` order; a burst is read page by page,
+//! back to back. `created_at` is the writer's transaction start, so a row can commit after a poll
+//! passed its `created_at`: each poll counts the rows per whole minute of the overlap margin below
+//! the watermark with an index-only scan and compares them with what it handed over per minute. A
+//! minute whose count grew is read again whole, and the tally adds what it holds beyond what was
+//! counted, label set by label set ([`crate::tally::Tally::reconcile_minute`]). Every
+//! `--reconcile-interval` the counted range reaches back `--reconcile-window`. The start-up load
+//! aggregates everything before the minute `stream_back` ago; the polls that follow catch up from
+//! there row by row (the booking state machine needs the rows), and the exporter is ready when
+//! they have.
 
 pub mod db;
 mod decode;
@@ -23,12 +29,16 @@ use std::time::{Duration, Instant};
 
 pub use db::{Db, LoadPlan, SourceError};
 use db::{MinuteCount, PollPlan};
-use dedup::{ranges, Seen};
+use dedup::{Ahead, Sighting};
 
 use super::{Batch, BatchStats, MinuteRows, Source};
 use crate::config::{DatabaseConfig, ServeConfig, VerdictConfig};
 use crate::events::{Row, TimeClass};
 use crate::time::{minute_start, window_start_minute, UnixMicros};
+
+/// Rows a poll reads at most (about 3 MB): a burst is read in pages, back to back, so memory
+/// follows this bound, not the write rate.
+pub const PAGE_ROWS: usize = 10_000;
 
 /// How the follower reads: intervals and how far back it looks.
 #[derive(Debug, Clone)]
@@ -41,8 +51,9 @@ pub struct FollowConfig {
     pub reconcile_window: Duration,
     /// How often the rows per minute of the whole longest window are counted (deletions).
     pub window_reconcile_interval: Duration,
-    /// Rows newer than this at start-up are read one by one (they seed de-duplication and the
-    /// booking state machine); older rows are aggregated.
+    /// At start-up the rows of the minutes from this far back on are handed over one by one (the
+    /// booking state machine and the per-minute reconciliation need them); older rows are
+    /// aggregated. Zero: everything aggregated, and no polls follow (the commands).
     pub stream_back: Duration,
     /// Seconds of the longest window: the start-up aggregates carry minutes this far back.
     pub longest_window: u64,
@@ -104,16 +115,33 @@ impl FollowConfig {
     }
 }
 
+/// Minutes read again whole because their count grew.
+#[derive(Debug, Default)]
+struct Reread {
+    minutes: Vec<MinuteRows>,
+    /// New rows inside the overlap margin, and older ones (reconciliation), by the counts.
+    late: u64,
+    reconciled: u64,
+    /// Rows transferred.
+    read: u64,
+}
+
 /// Follows the events table (see the module documentation for the exactly-once argument).
 pub struct PgSource {
     db: Db,
     cfg: FollowConfig,
-    seen: Seen,
-    /// Database `now()` of the last successful load or poll; None until the first load.
+    /// Counted rows dated at or after the watermark.
+    ahead: Ahead,
+    /// Every row below this was handed over (database time); None until the first load.
     watermark: Option<UnixMicros>,
+    /// Rows from here on (a minute start) were handed over one by one: the oldest a re-read reaches.
+    rows_from: UnixMicros,
+    /// The last poll read up to its `now()` (false while a load's catch-up or a burst is being read
+    /// page by page: then no counts are taken).
+    caught_up: bool,
     last_reconcile: Instant,
-    /// Rows handed over per Unix minute of the longest window (dated rows only): what the window
-    /// check compares with the database's count.
+    /// Dated rows handed over per Unix minute of the longest window, below the watermark: what
+    /// the per-minute counts are compared with.
     held: BTreeMap<i64, u64>,
     last_window_check: Instant,
 }
@@ -124,8 +152,10 @@ impl PgSource {
         Ok(PgSource {
             db: Db::new(db)?,
             cfg,
-            seen: Seen::default(),
+            ahead: Ahead::default(),
             watermark: None,
+            rows_from: UnixMicros(0),
+            caught_up: false,
             last_reconcile: Instant::now(),
             held: BTreeMap::new(),
             last_window_check: Instant::now(),
@@ -151,88 +181,152 @@ impl PgSource {
             as_of: self.cfg.as_of,
         };
         let loaded = self.db.load(plan).await?;
-        let mut seen = Seen::complete_from(loaded.now.minus(self.cfg.stream_back).0);
-        for r in &loaded.rows {
-            seen.insert(r);
-        }
-        self.seen = seen;
-        self.watermark = Some(loaded.now);
+        let follows = !self.cfg.stream_back.is_zero();
+        self.ahead = Ahead::default();
+        let rows: Vec<Row> = loaded.rows.into_iter().filter(|r| self.ahead.sight(r) == Sighting::New).collect();
+        self.rows_from = if follows { loaded.rows_from } else { loaded.now };
+        self.watermark = Some(self.rows_from);
+        self.caught_up = false;
         self.last_reconcile = Instant::now();
         self.last_window_check = Instant::now();
         self.held.clear();
+        let before = self.rows_from.minute();
         for g in loaded.groups.iter().filter(|g| g.time == TimeClass::Dated) {
-            if let Some(m) = g.minute {
+            if let Some(m) = g.minute.filter(|m| !follows || *m < before) {
                 *self.held.entry(m).or_default() += g.count;
             }
         }
-        self.hold(&loaded.rows);
         let stats = BatchStats {
-            tracked_ids: Some(self.seen.len as u64),
+            tracked_ids: Some(self.ahead.len() as u64),
             replica_lag_us: loaded.lag_us,
             ..BatchStats::default()
         };
-        Ok(Batch { now: loaded.now, groups: loaded.groups, rows: loaded.rows, stats, ..Batch::default() })
+        Ok(Batch {
+            now: loaded.now,
+            groups: loaded.groups,
+            rows,
+            stats,
+            more: follows,
+            reread_from: follows.then_some(before),
+            ..Batch::default()
+        })
     }
 
-    /// Reads what changed since the watermark; the minutes whose database count exceeds what was
-    /// counted are read again.
-    async fn poll_batch(&mut self) -> Result<Batch, SourceError> {
-        let watermark = self.watermark.expect("the ingest loop polls only after a load");
-        let reconcile = self.last_reconcile.elapsed() >= self.cfg.reconcile_interval;
-        let back = if reconcile { self.cfg.reconcile_window.max(self.cfg.overlap) } else { self.cfg.overlap };
-        // Never reach below what the de-duplication set still holds completely (and never past
-        // the watermark: then only new rows are read).
-        let count_from = UnixMicros(watermark.minus(back).0.max(self.seen.complete_from_us).min(watermark.0));
-        let plan = PollPlan { count_from, count_to: watermark, rows_from: watermark };
-        let polled = self.db.poll(plan).await?;
-        let ours = self.seen.counts(count_from.0, watermark.0);
-        let short: Vec<i64> = polled
-            .counts
-            .iter()
-            .filter(|c: &&MinuteCount| c.rows > ours.get(&c.minute).copied().unwrap_or(0))
-            .map(|c| c.minute)
-            .collect();
-        let mut missed = Vec::new();
-        for (from, to) in ranges(&short, count_from.0, watermark.0) {
-            missed.extend(self.db.rows_between(UnixMicros(from), UnixMicros(to)).await?);
-        }
-        if reconcile {
-            self.last_reconcile = Instant::now();
-        }
-        let mut stats = BatchStats {
-            read_rows: (polled.rows.len() + missed.len()) as u64,
-            replica_lag_us: polled.lag_us,
-            ..BatchStats::default()
-        };
+    /// Minutes below the watermark whose database count exceeds what was handed over (rows that
+    /// committed after a poll passed their `created_at`), read again up to the watermark.
+    async fn late_minutes(&mut self, counts: &[MinuteCount], watermark: UnixMicros) -> Result<Reread, SourceError> {
+        let mut out = Reread::default();
         let overlap_start = watermark.minus(self.cfg.overlap);
-        let mut fresh = Vec::new();
-        for row in missed {
-            if self.seen.insert(&row) {
-                if UnixMicros(row.created_us) >= overlap_start {
-                    stats.late_rows += 1;
-                } else {
-                    stats.reconciled_rows += 1;
-                    tracing::info!(id = %row.id, "reconciliation found a row committed after the overlap margin");
-                }
+        for c in counts {
+            let held = self.held.get(&c.minute).copied().unwrap_or(0);
+            if c.rows <= held {
+                continue;
+            }
+            let rows = self.db.rows_between(minute_start(c.minute), minute_start(c.minute + 1).min(watermark)).await?;
+            if minute_start(c.minute + 1) > overlap_start {
+                out.late += c.rows - held;
+            } else {
+                out.reconciled += c.rows - held;
+                tracing::info!(
+                    minute = %minute_start(c.minute).rfc3339(),
+                    rows = c.rows - held,
+                    "reconciliation found rows committed after the overlap margin"
+                );
+            }
+            out.read += rows.len() as u64;
+            self.held.insert(c.minute, rows.iter().filter(|r| r.time == TimeClass::Dated).count() as u64);
+            out.minutes.push(MinuteRows { minute: c.minute, rows });
+        }
+        Ok(out)
+    }
+
+    /// One page of new rows from the watermark: the rows below the new watermark, and those at or
+    /// after it that were not counted before. The new watermark is the poll's `now()` when the
+    /// page holds every row below it, else the `created_at` of the page's last row (or, when one
+    /// instant holds more than a page, just past that instant, read whole).
+    async fn page(
+        &mut self,
+        rows: Vec<Row>,
+        w: UnixMicros,
+        now: UnixMicros,
+    ) -> Result<(Vec<Row>, UnixMicros), SourceError> {
+        let instant = |r: &Row| if r.time == TimeClass::Dated { r.created_us } else { i64::MAX };
+        let last = rows.last().map(instant).unwrap_or(i64::MIN);
+        let (rows, new_w) = if rows.len() < PAGE_ROWS || last >= now.0 {
+            (rows, now)
+        } else if last > w.0 {
+            (rows.into_iter().filter(|r| instant(r) < last).collect(), UnixMicros(last))
+        } else {
+            let past = w.plus_us(1);
+            (self.db.rows_between(w, past).await?, past)
+        };
+        let mut fresh = Vec::with_capacity(rows.len());
+        for row in rows {
+            let new = if instant(&row) < new_w.0 {
+                self.ahead.is_empty() || !self.ahead.counted(&row)
+            } else {
+                self.ahead.sight(&row) == Sighting::New
+            };
+            if new {
                 fresh.push(row);
             }
         }
-        fresh.extend(polled.rows.into_iter().filter(|row| self.seen.insert(row)));
-        self.hold(&fresh);
-        let replaced = self.window_check(watermark).await?;
-        stats.rebuilt_minutes = replaced.len() as u64;
-        let now = polled.now.max(watermark);
-        self.watermark = Some(now);
-        let keep_back = self.cfg.reconcile_window.max(self.cfg.overlap);
-        self.seen.prune(now.minus(keep_back).0, now.minus(self.cfg.overlap).0);
-        stats.tracked_ids = Some(self.seen.len as u64);
-        self.held = self.held.split_off(&window_start_minute(now, self.cfg.longest_window));
-        Ok(Batch { now, groups: Vec::new(), rows: fresh, replaced, stats })
+        Ok((fresh, new_w))
     }
 
-    /// Counts dated rows per minute as handed over.
-    fn hold(&mut self, rows: &[Row]) {
-        for r in rows.iter().filter(|r| r.time == TimeClass::Dated) {
+    /// Reads what changed since the watermark: late rows of the minutes below it (while caught
+    /// up), then a page of new rows.
+    async fn poll_batch(&mut self) -> Result<Batch, SourceError> {
+        let w = self.watermark.expect("the ingest loop polls only after a load");
+        let reconcile = self.caught_up && self.last_reconcile.elapsed() >= self.cfg.reconcile_interval;
+        let back = if reconcile { self.cfg.reconcile_window.max(self.cfg.overlap) } else { self.cfg.overlap };
+        // From a minute start, never below the rows handed over one by one.
+        let (count_from, count_to) =
+            if self.caught_up { (minute_start(w.minus(back).minute()).max(self.rows_from), w) } else { (w, w) };
+        let polled = self.db.poll(PollPlan { count_from, count_to, rows_from: w, limit: PAGE_ROWS }).await?;
+        let late = self.late_minutes(&polled.counts, w).await?;
+        if reconcile {
+            self.last_reconcile = Instant::now();
+        }
+        let now = polled.now.max(w);
+        let read = polled.rows.len() as u64;
+        let (fresh, new_w) = self.page(polled.rows, w, now).await?;
+        self.hold(&fresh, new_w);
+        for m in self.ahead.passed(new_w) {
+            *self.held.entry(m).or_default() += 1;
+        }
+        let replaced = if self.caught_up { self.window_check(w).await? } else { Vec::new() };
+        let rebuilt_minutes = replaced.len() as u64;
+        let stats = BatchStats {
+            read_rows: read + late.read,
+            late_rows: late.late,
+            reconciled_rows: late.reconciled,
+            tracked_ids: Some(self.ahead.len() as u64),
+            replica_lag_us: polled.lag_us,
+            rebuilt_minutes,
+            behind_us: now.0 - new_w.0,
+        };
+        self.caught_up = new_w == now;
+        self.watermark = Some(new_w);
+        self.held = self.held.split_off(&window_start_minute(new_w, self.cfg.longest_window));
+        let keep_back = self.cfg.reconcile_window.max(self.cfg.overlap);
+        let reread_from = new_w.minus(keep_back).max(self.rows_from).minute();
+        Ok(Batch {
+            now: new_w,
+            groups: Vec::new(),
+            rows: fresh,
+            late: late.minutes,
+            replaced,
+            stats,
+            more: !self.caught_up,
+            reread_from: Some(reread_from),
+        })
+    }
+
+    /// Counts the dated rows below the watermark per minute as handed over (rows at or after it
+    /// are held when the watermark passes them: [`Ahead::passed`]).
+    fn hold(&mut self, rows: &[Row], watermark: UnixMicros) {
+        for r in rows.iter().filter(|r| r.time == TimeClass::Dated && r.created_us < watermark.0) {
             *self.held.entry(UnixMicros(r.created_us).minute()).or_default() += 1;
         }
     }

@@ -258,10 +258,11 @@ impl Queries {
         let (from2, to3) = (sql.compare(">=", &ts("$2")), sql.compare("<", &ts("$3")));
         Queries {
             load: if shape.context == ContextColumn::Text { sql.load_text(&since) } else { sql.load(&since) },
-            // New rows: an index range scan on (source, created_at) from $2; cost proportional to
-            // the rows in that range (rows dated in the far future come back every poll and are
-            // skipped as already counted).
-            rows_since: format!("SELECT {columns} FROM {table} WHERE {src} AND {from2}{since} ORDER BY {ca}"),
+            // New rows: an index range scan on (source, created_at) from $2, at most $3 of them in
+            // `created_at` order (a poll reads a burst page by page); cost proportional to the rows
+            // returned (rows dated after the watermark come back every poll and are skipped as
+            // already counted).
+            rows_since: format!("SELECT {columns} FROM {table} WHERE {src} AND {from2}{since} ORDER BY {ca} LIMIT $3"),
             // The rows of [$2, $3), for reconciliation.
             rows_between: format!(
                 "SELECT {columns} FROM {table} WHERE {src} AND {from2} AND {to3}{since} ORDER BY {ca}"
