@@ -995,6 +995,19 @@ mod tests {
     }
 
     #[test]
+    fn a_gate_failing_closed_decides_nothing() {
+        let trip = MinuteCounts { minute: minute(3600.0), circuit_opens: 1, ..Default::default() };
+        let mut v = judge_minutes(3.0, with(steady(100, 3.0), trip), Thresholds::default());
+        assert!(v.decided);
+        let stale = Freshness { ready: true, database_up: false, data_age_seconds: Some(600.0) };
+        fail_closed(&mut v, &stale, Some(std::time::Duration::from_secs(30)));
+        assert_eq!((v.decision, v.decided), (Decision::Pending, false));
+        let mut v = judge_minutes(49.0, steady(100, 49.0), Thresholds::default());
+        fail_closed(&mut v, &Freshness { ready: false, database_up: true, data_age_seconds: None }, None);
+        assert_eq!((v.decision, v.decided), (Decision::Pending, false), "not ready");
+    }
+
+    #[test]
     fn error_budget_counts_bookings_left() {
         assert_eq!(error_budget_remaining(100, 97, 0.97), 0);
         assert_eq!(error_budget_remaining(1000, 980, 0.97), 10);
