@@ -51,6 +51,14 @@ def observed(criterion: str) -> str:
     return "assignment_rollout_gate_observed" + sel(f'criterion="{criterion}"')
 
 
+def interval(criterion: str) -> list[tuple[str, str]]:
+    """The ratio the gate compares and its Wilson interval's bounds at --confidence."""
+    c = f'criterion="{criterion}"'
+    return [(observed(criterion), "observed {{instance}}"),
+            ("assignment_rollout_gate_interval_low" + sel(c), "interval low {{instance}}"),
+            ("assignment_rollout_gate_interval_high" + sel(c), "interval high {{instance}}")]
+
+
 RED, GREEN, YELLOW, BLUE = "red", "green", "yellow", "blue"
 
 
@@ -203,6 +211,12 @@ DECISION_MAPPINGS = [{"type": "value", "options": {
     "0": {"text": "NO-GO", "color": RED, "index": 0},
     "1": {"text": "PENDING", "color": YELLOW, "index": 1},
     "2": {"text": "GO", "color": GREEN, "index": 2}}}]
+# The same for the decision at the due time if the rates since the phase began continue.
+PROJECTED_EXPR = ("2 * max by (instance) (assignment_rollout_projected_decision" + sel('decision="go"') + ")"
+                  " + max by (instance) (assignment_rollout_projected_decision" + sel('decision="pending"') + ")")
+DECIDED_MAPPINGS = [{"type": "value", "options": {
+    "0": {"text": "NOT YET", "color": BLUE, "index": 0},
+    "1": {"text": "DECIDED", "color": "purple", "index": 1}}}]
 SOAK_PROGRESS_EXPR = (f"clamp_max((time() - assignment_rollout_phase_started_timestamp_seconds{sel()})"
                       f" / assignment_rollout_soak_window_seconds{sel()}, 1)")
 
@@ -270,11 +284,31 @@ def full_dashboard() -> dict:
             "exporter saw it begin).", "dateTimeAsIso",
             [(f"assignment_rollout_phase_started_timestamp_seconds{sel()} * 1000", "{{instance}}")], w=8, h=5,
             thresholds=steps((None, BLUE)), options={**STAT_BG, "colorMode": "value"})
+    d.panel("stat", "Decided", "Whether the decision at the due time is already certain "
+            "(assignment_rollout_decided): a circuit trip or sustained errors since the phase began stay in "
+            "the window judged at the due time, so a NO-GO with DECIDED is final and /gate/rollback rolls "
+            "back now; after the due time every decision is decided.", "none",
+            [(f"max by (instance) (assignment_rollout_decided{sel()})", "{{instance}}")], w=8, h=5,
+            thresholds=steps((None, BLUE)), mappings=DECIDED_MAPPINGS, options=STAT_BG)
+    d.panel("stat", "Projected decision at the due time", "The verdict at the due time if the rates seen "
+            "since the phase began continue (assignment_rollout_projected_decision): GO, PENDING (too few "
+            "starts by then) or NO-GO.", "none", [(PROJECTED_EXPR, "{{instance}}")], w=8, h=5,
+            thresholds=steps((None, RED), (1, YELLOW), (2, GREEN)), mappings=DECISION_MAPPINGS, options=STAT_BG)
+    d.panel("stat", "Projected starts at the due time", "coordinator.start rows the soak window will hold "
+            "at the due time at the rate since the phase began (assignment_rollout_projected_starts_at_due); "
+            f"fewer than --min-starts ({MIN_STARTS}) keeps the decision pending.", "short",
+            [(f"assignment_rollout_projected_starts_at_due{sel()}", "{{instance}}")], w=8, h=5,
+            thresholds=steps((None, YELLOW), (MIN_STARTS, GREEN)), options=STAT_VALUE)
 
     d.row("Success")
     d.panel("timeseries", "Success ratio per window", "coordinator.confirmed / coordinator.start in each "
             "window of --windows (exporter gauges). The dashed line is the 97% gate threshold.",
             "percentunit", [(f"assignment_coordinator_success_ratio{sel()}", "{{window}} {{instance}}")],
+            w=12, thresholds=SUCCESS_STEPS, custom={"thresholdsStyle": {"mode": "line+area"}})
+    d.panel("timeseries", "Success ratio over the soak window with its interval", "The success ratio the "
+            "gate compares (assignment_rollout_gate_observed) and its Wilson score interval at --confidence "
+            "(assignment_rollout_gate_interval_low / _high). The evidence is conclusive only while the whole "
+            "band is on one side of the dashed 97% line.", "percentunit", interval("success_ratio"),
             w=12, thresholds=SUCCESS_STEPS, custom={"thresholdsStyle": {"mode": "line+area"}})
     d.panel("timeseries", "Success ratio, short windows (from counters)", "1 - error ratio of the recording "
             "rules behind the burn-rate alerts (confirmed / start increase over 5m, 30m, 1h, 6h). "
@@ -306,6 +340,11 @@ def full_dashboard() -> dict:
             "context->>'reason'.", "cps",
             [(rate("assignment_coordinator_events_total", 'event_type="coordinator.manual_review"', "reason"),
               "{{reason}}")], w=12)
+    d.panel("timeseries", "Manual-review ratio over the soak window with its interval", "The manual-review "
+            "ratio the gate compares and its Wilson score interval at --confidence. With few starts the "
+            "upper bound stays above the dashed 1% line even without a single manual review: below 1% is "
+            "shown only once the whole band is under it.", "percentunit", interval("manual_review_ratio"),
+            w=12, thresholds=MANUAL_STEPS, custom={"thresholdsStyle": {"mode": "line+area"}})
 
     d.row("Traffic")
     d.panel("timeseries", "Coordinator events by type", "Coordinator events per second by event_type.",
@@ -422,6 +461,13 @@ def oncall_dashboard() -> dict:
             mappings=[{"type": "value", "options": {"0": {"text": "DOWN", "color": RED, "index": 0},
                                                     "1": {"text": "UP", "color": GREEN, "index": 1}}}],
             options=STAT_BG)
+    d.panel("stat", "Decided", "DECIDED: the decision at the due time is already certain (a circuit trip "
+            "or sustained errors since the phase began, or the due time passed). With NO-GO: roll back now.",
+            "none", [(f"max by (instance) (assignment_rollout_decided{sel()})", "{{instance}}")], w=6, h=7,
+            thresholds=steps((None, BLUE)), mappings=DECIDED_MAPPINGS, options=STAT_BG)
+    d.panel("stat", "Projected at due", "The decision at the due time if the rates since the phase began "
+            "continue.", "none", [(PROJECTED_EXPR, "{{instance}}")], w=6, h=7,
+            thresholds=steps((None, RED), (1, YELLOW), (2, GREEN)), mappings=DECISION_MAPPINGS, options=STAT_BG)
     d.row("Trend")
     d.panel("timeseries", "Success ratio", "Success ratio per window; dashed line at the 97% threshold.",
             "percentunit", [(f"assignment_coordinator_success_ratio{sel()}", "{{window}}")], w=12,

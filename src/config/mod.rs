@@ -20,7 +20,8 @@ use url::database_url;
 pub use url::{redact_url, DatabaseUrl};
 pub use web::{BasicAuth, WebConfig};
 
-/// Gate thresholds (defaults: the runbook's 97% / 1% and 100 starts).
+/// Gate thresholds (defaults: the runbook's 97% / 1% and 100 starts) and the confidence level of
+/// the ratio criteria's intervals.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Thresholds {
     /// `success_ratio` passes at or above (ratio 0..1).
@@ -29,11 +30,14 @@ pub struct Thresholds {
     pub max_manual_review_ratio: f64,
     /// Fewer coordinator.start rows in the soak window is `pending`.
     pub min_starts: u64,
+    /// Confidence level of the ratio criteria's Wilson score intervals (ratio, 0 < c < 1); it
+    /// decides `evidence`, never pass or fail.
+    pub confidence: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { min_success_ratio: 0.97, max_manual_review_ratio: 0.01, min_starts: 100 }
+        Thresholds { min_success_ratio: 0.97, max_manual_review_ratio: 0.01, min_starts: 100, confidence: 0.95 }
     }
 }
 
@@ -163,6 +167,10 @@ pub struct RolloutArgs {
     /// Fewer coordinator.start events than this in the soak window gives `pending`.
     #[arg(long, env = "GATE_MIN_STARTS", default_value = "100")]
     pub min_starts: String,
+    /// Confidence level of the Wilson score interval each ratio criterion carries (0 < c < 1); the
+    /// interval says whether the evidence is conclusive, it does not change pass or fail.
+    #[arg(long, env = "GATE_CONFIDENCE", default_value = "0.95")]
+    pub confidence: String,
     /// The coordinator counts as active when an event arrived within this (also the shadow-leak window).
     #[arg(long, env = "ACTIVE_WITHIN", default_value = "10m")]
     pub active_within: String,
@@ -745,6 +753,10 @@ impl RolloutArgs {
             return Err(bad("--max-manual-review-ratio", "must be between 0 and 1"));
         }
         let min_starts: u64 = parse_num("--min-starts", &self.min_starts, "a whole number")?;
+        let confidence: f64 = parse_num("--confidence", &self.confidence, "a ratio")?;
+        if !(confidence > 0.0 && confidence < 1.0) {
+            return Err(bad("--confidence", "must be strictly between 0 and 1 (e.g. 0.95)"));
+        }
         if let Some(path) = &self.flags_file {
             if path.as_os_str().is_empty() {
                 return Err(bad("--flags-file", "empty path"));
@@ -761,7 +773,12 @@ impl RolloutArgs {
                 .as_deref()
                 .map(|s| parse_rfc3339_us("--phase-started-at", s).map(|us| us as f64 / 1e6))
                 .transpose()?,
-            thresholds: Thresholds { min_success_ratio: min_success, max_manual_review_ratio: max_manual, min_starts },
+            thresholds: Thresholds {
+                min_success_ratio: min_success,
+                max_manual_review_ratio: max_manual,
+                min_starts,
+                confidence,
+            },
             soak,
             active_within: positive_duration("--active-within", &self.active_within)?,
             circuit_hold: positive_duration("--circuit-hold", &self.circuit_hold)?,

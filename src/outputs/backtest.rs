@@ -38,14 +38,17 @@ fn failing(v: &Verdict) -> String {
 
 fn csv(verdicts: &[Verdict]) -> String {
     let mut s = String::from(
-        "evaluated_at,decision,success_ratio,manual_review_ratio,starts,confirmed,manual_review,failing\n",
+        "evaluated_at,decision,success_ratio,manual_review_ratio,starts,confirmed,manual_review,failing,\
+         success_ratio_low,success_ratio_high,manual_review_ratio_low,manual_review_ratio_high,decided,\
+         projected_starts_at_due,projected_decision_at_due\n",
     );
     for v in verdicts {
         let (success, manual) = (&v.criteria[0], &v.criteria[1]);
         let ratio = |o: Option<f64>| o.map_or(String::new(), |r| format!("{r:.6}"));
+        let bound = |c: &rollout::Criterion, high: bool| ratio(c.interval.map(|i| if high { i.high } else { i.low }));
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},\"{}\"",
+            "{},{},{},{},{},{},{},\"{}\",{},{},{},{},{},{},{}",
             v.evaluated_at,
             v.decision.label(),
             ratio(success.observed),
@@ -53,31 +56,39 @@ fn csv(verdicts: &[Verdict]) -> String {
             success.denominator.unwrap_or(0),
             success.numerator.unwrap_or(0),
             manual.numerator.unwrap_or(0),
-            failing(v)
+            failing(v),
+            bound(success, false),
+            bound(success, true),
+            bound(manual, false),
+            bound(manual, true),
+            v.decided,
+            v.projection.map_or(String::new(), |p| p.starts_at_due.to_string()),
+            v.projection.map_or("", |p| p.decision_at_due.label()),
         );
     }
     s
 }
 
-/// A timeline for the verification record: each change of decision with what caused it, then per
-/// criterion the share of steps it failed.
+/// A timeline for the verification record: each change of decision (or of whether it is decided)
+/// with what caused it, then per criterion the share of steps it failed.
 fn markdown(verdicts: &[Verdict]) -> String {
     let mut s = String::new();
     let (Some(first), Some(last)) = (verdicts.first(), verdicts.last()) else { return s };
     let _ =
         writeln!(s, "## Soak backtest: {} to {}, {} steps\n", first.evaluated_at, last.evaluated_at, verdicts.len());
-    let _ = writeln!(s, "### Decision changes\n\n| from | decision | failing criteria |\n|---|---|---|");
-    let mut previous: Option<Decision> = None;
+    let _ = writeln!(s, "### Decision changes\n\n| from | decision | failing criteria | decided |\n|---|---|---|---|");
+    let mut previous: Option<(Decision, bool)> = None;
     for v in verdicts.iter().filter(|v| {
-        let changed = previous != Some(v.decision);
-        previous = Some(v.decision);
+        let changed = previous != Some((v.decision, v.decided));
+        previous = Some((v.decision, v.decided));
         changed
     }) {
         let why = match failing(v) {
             f if f.is_empty() => "none: every criterion passes".to_string(),
             f => f.replace(',', ", "),
         };
-        let _ = writeln!(s, "| {} | **{}** | {why} |", v.evaluated_at, v.decision.label().to_uppercase());
+        let decided = if v.decided { "yes" } else { "no" };
+        let _ = writeln!(s, "| {} | **{}** | {why} | {decided} |", v.evaluated_at, v.decision.label().to_uppercase());
     }
     let _ = writeln!(s, "\n### Criteria\n\n| criterion | steps failed | share |\n|---|---|---|");
     for kind in CriterionKind::ALL {

@@ -1,4 +1,5 @@
-//! The HTTP side: /metrics, /healthz, /readyz, /gate, /verdict and the status page (and its icon).
+//! The HTTP side: /metrics, /healthz, /readyz, /gate, /gate/rollback, /verdict and the status page
+//! (and its icon).
 //!
 //! Every handler is a function of [`Live::current`]; none touches the database or takes a lock.
 
@@ -54,6 +55,7 @@ pub fn router(live: Live) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/gate", get(gate).post(gate))
+        .route("/gate/rollback", get(rollback).post(rollback))
         .route("/verdict", get(verdict))
         .route("/favicon.ico", get(favicon))
         .with_state(Ctx { live, registry, cache: Arc::new(ArcSwapOption::empty()) })
@@ -115,6 +117,16 @@ async fn readyz(State(cx): State<Ctx>) -> Response {
 async fn gate(State(cx): State<Ctx>) -> Response {
     let v = cx.live.current().rollout.verdict;
     let status = if v.decision == Decision::Go { StatusCode::OK } else { StatusCode::PRECONDITION_FAILED };
+    (status, Json(v)).into_response()
+}
+
+/// Flagger rollback webhook: 200 only for a decided `no_go` (a 2xx stops the analysis and rolls
+/// back), 412 otherwise: a `no_go` that more data could still undo, `pending` and `go` never roll
+/// back, nor does a gate that fails closed (stale or not-ready data is never decided).
+async fn rollback(State(cx): State<Ctx>) -> Response {
+    let v = cx.live.current().rollout.verdict;
+    let roll_back = v.decided && v.decision == Decision::NoGo;
+    let status = if roll_back { StatusCode::OK } else { StatusCode::PRECONDITION_FAILED };
     (status, Json(v)).into_response()
 }
 

@@ -14,7 +14,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 
 use super::{Current, Live};
 use crate::events::Malformed;
-use crate::rollout::{CriterionKind, Decision, Phase};
+use crate::rollout::{CriterionKind, Decision, Phase, Strength};
 use crate::snapshot::{IngestStats, Snapshot, POLL_BUCKETS};
 use crate::source::SourceError;
 use crate::tally::bookings::{OUTCOMES, OUTCOME_BUCKETS};
@@ -102,8 +102,50 @@ pub const GATE_OBSERVED: Family = family(
 );
 pub const GATE_THRESHOLD: Family =
     family("assignment_rollout_gate_threshold", G, &["criterion"], "Configured gate thresholds.");
+pub const GATE_INTERVAL_LOW: Family = family(
+    "assignment_rollout_gate_interval_low",
+    G,
+    &["criterion"],
+    "Lower bound of the Wilson score interval of a ratio criterion at --confidence (0 without starts).",
+);
+pub const GATE_INTERVAL_HIGH: Family = family(
+    "assignment_rollout_gate_interval_high",
+    G,
+    &["criterion"],
+    "Upper bound of the Wilson score interval of a ratio criterion at --confidence (1 without starts).",
+);
+pub const GATE_CONCLUSIVE: Family = family(
+    "assignment_rollout_gate_conclusive",
+    G,
+    &["criterion"],
+    "1 when a ratio criterion's whole interval lies on one side of its threshold, 0 when it straddles it.",
+);
+pub const GATE_CONFIDENCE: Family = family(
+    "assignment_rollout_gate_confidence",
+    G,
+    &[],
+    "Confidence level of the ratio criteria's intervals (--confidence).",
+);
 pub const DECISION: Family =
     family("assignment_rollout_decision", G, &["decision"], "Soak decision: 1 for the current one.");
+pub const DECIDED: Family = family(
+    "assignment_rollout_decided",
+    G,
+    &[],
+    "1 when the decision at the due time is already certain (a zero-tolerance failure inside its window, or the due time passed).",
+);
+pub const PROJECTED_STARTS: Family = family(
+    "assignment_rollout_projected_starts_at_due",
+    G,
+    &[],
+    "coordinator.start rows the soak window will hold at the due time if the rate since the phase began continues.",
+);
+pub const PROJECTED_DECISION: Family = family(
+    "assignment_rollout_projected_decision",
+    G,
+    &["decision"],
+    "The decision at the due time if the rates since the phase began continue: 1 for that one.",
+);
 pub const ERROR_BUDGET: Family = family(
     "assignment_rollout_error_budget_remaining_bookings",
     G,
@@ -199,7 +241,7 @@ pub const TRACKED_IDS: Family =
     family("rollout_exporter_tracked_ids", G, &[], "Row ids held for de-duplication and reconciliation.");
 
 /// Every family the exporter defines (the process collector adds the standard `process_*`).
-pub const FAMILIES: [&Family; 40] = [
+pub const FAMILIES: [&Family; 47] = [
     &EVENTS_TOTAL,
     &WINDOW_EVENTS,
     &SUCCESS_RATIO,
@@ -214,7 +256,14 @@ pub const FAMILIES: [&Family; 40] = [
     &GATE_PASSING,
     &GATE_OBSERVED,
     &GATE_THRESHOLD,
+    &GATE_INTERVAL_LOW,
+    &GATE_INTERVAL_HIGH,
+    &GATE_CONCLUSIVE,
+    &GATE_CONFIDENCE,
     &DECISION,
+    &DECIDED,
+    &PROJECTED_STARTS,
+    &PROJECTED_DECISION,
     &ERROR_BUDGET,
     &SHADOW_LEAK,
     &ACTIVE,
@@ -364,7 +413,7 @@ fn phase_metrics(cur: &Current, out: &mut Out) {
     out.sample(&VERDICT_DUE, &[], cur.phase.started_at + soak);
 }
 
-/// The gate: criteria, thresholds, decision, error budget.
+/// The gate: criteria, thresholds, intervals, decision, projection, error budget.
 fn gate_metrics(cur: &Current, out: &mut Out) {
     let verdict = &cur.rollout.verdict;
     for c in &verdict.criteria {
@@ -372,13 +421,28 @@ fn gate_metrics(cur: &Current, out: &mut Out) {
         if let Some(v) = c.observed {
             out.sample(&GATE_OBSERVED, &[c.name.label()], v);
         }
+        if let Some(i) = c.interval {
+            out.sample(&GATE_INTERVAL_LOW, &[c.name.label()], i.low);
+            out.sample(&GATE_INTERVAL_HIGH, &[c.name.label()], i.high);
+        }
+        if let Some(e) = c.evidence {
+            out.sample(&GATE_CONCLUSIVE, &[c.name.label()], b(e == Strength::Conclusive));
+        }
     }
+    out.sample(&GATE_CONFIDENCE, &[], cur.rollout_config.thresholds.confidence);
     let t = cur.rollout_config.thresholds;
     for kind in [CriterionKind::SuccessRatio, CriterionKind::ManualReviewRatio, CriterionKind::MinStarts] {
         out.sample(&GATE_THRESHOLD, &[kind.label()], kind.threshold(&t, cur.rollout_config.soak.seconds));
     }
     for d in Decision::ALL {
         out.sample(&DECISION, &[d.label()], b(d == verdict.decision));
+    }
+    out.sample(&DECIDED, &[], b(verdict.decided));
+    if let Some(p) = &verdict.projection {
+        out.sample(&PROJECTED_STARTS, &[], p.starts_at_due as f64);
+        for d in Decision::ALL {
+            out.sample(&PROJECTED_DECISION, &[d.label()], b(d == p.decision_at_due));
+        }
     }
     out.sample(&ERROR_BUDGET, &[], verdict.error_budget_remaining_bookings as f64);
 }

@@ -1,7 +1,7 @@
 //! The outputs: pure functions of a snapshot and the phase.
 //!
 //! - [`metrics`]: the metric table and the `/metrics` collector;
-//! - [`http`]: the router (`/metrics`, `/healthz`, `/readyz`, `/gate`, `/verdict`, `/`) and the
+//! - [`http`]: the router (`/metrics`, `/healthz`, `/readyz`, `/gate`, `/gate/rollback`, `/verdict`, `/`) and the
 //!   exporter-toolkit web layer ([`web`]: basic auth, TLS);
 //! - [`landing`]: the status page at `/` (its chart in [`chart`]);
 //! - [`verdict`]: the `verdict` command, which judges a snapshot built from SQL by the same load.

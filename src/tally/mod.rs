@@ -94,6 +94,21 @@ pub fn series_step_minutes(soak_seconds: u64) -> i64 {
     ((soak_seconds / 60).div_ceil(96) as i64).max(1)
 }
 
+/// The gate's counts in one minute of the soak window (only minutes holding at least one of them
+/// are listed). The verdict's `decided` and `projection` are computed from these: which failures
+/// will still be inside the window judged at the due time, and the rates since the phase began.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MinuteCounts {
+    /// Unix minute (`i64::MAX` for the one bucket of rows dated more than a day ahead, which every
+    /// window counts).
+    pub minute: i64,
+    pub starts: u64,
+    pub confirmed: u64,
+    pub manual_review: u64,
+    pub errors: u64,
+    pub circuit_opens: u64,
+}
+
 /// An immutable picture of the tally at one instant.
 #[derive(Debug, Clone, Default)]
 pub struct TallyView {
@@ -110,6 +125,8 @@ pub struct TallyView {
     /// 5-minute blocks (Unix minute / 5) of the soak window holding at least one coordinator.error,
     /// ascending.
     pub error_blocks: Vec<i64>,
+    /// The soak window's minutes with gate events, ascending ([`MinuteCounts`]).
+    pub soak_minutes: Vec<MinuteCounts>,
     /// Rows of every event type created in the last `--active-within` (whole minutes, as windows).
     pub recent_events: u64,
     /// The soak window in steps of [`series_step_minutes`], oldest first, aligned to the
@@ -405,6 +422,26 @@ impl Tally {
         out
     }
 
+    /// The gate's counts per minute of the last `seconds`, minutes without any left out.
+    fn gate_minutes(&self, seconds: u64) -> Vec<MinuteCounts> {
+        let idx = |et: &str| self.type_index.get(et).copied();
+        let [start, confirmed, manual, error, circuit] =
+            [events::START, events::CONFIRMED, events::MANUAL_REVIEW, events::ERROR, events::CIRCUIT_OPEN].map(idx);
+        let rows = |cells: &[Cell], i: Option<usize>| i.and_then(|i| cells.get(i)).map_or(0, |c| c.rows);
+        self.buckets
+            .range(window_start_minute(self.now, seconds)..)
+            .map(|(&minute, cells)| MinuteCounts {
+                minute,
+                starts: rows(cells, start),
+                confirmed: rows(cells, confirmed),
+                manual_review: rows(cells, manual),
+                errors: rows(cells, error),
+                circuit_opens: rows(cells, circuit),
+            })
+            .filter(|m| m.starts + m.confirmed + m.manual_review + m.errors + m.circuit_opens > 0)
+            .collect()
+    }
+
     /// The immutable view the outputs are rendered from.
     pub fn view(&self) -> TallyView {
         TallyView {
@@ -422,6 +459,7 @@ impl Tally {
                 .collect(),
             bookings: self.bookings.view(self.now.0),
             error_blocks: self.error_blocks(self.cfg.soak.seconds),
+            soak_minutes: self.gate_minutes(self.cfg.soak.seconds),
             recent_events: self.recent_rows(self.cfg.active_within.as_secs()),
             series: if self.now.0 == 0 { Vec::new() } else { self.series(self.cfg.soak.seconds) },
         }

@@ -3,7 +3,7 @@
 
 Cases: the demo's healthy and degraded scenarios, a pending soak (phase begun two hours ago), and
 a real PostgreSQL table (a throwaway cluster this test starts) with a circuit-breaker trip inside
-the window (no-go), which then goes stale when the test stops that cluster. Each asserts the
+the window (a decided no-go, long before the due time), which then goes stale when the test stops that cluster. Each asserts the
 visible text, no console error, no request leaving 127.0.0.1, no horizontal overflow at 390 px
 and 1280 px; the page's self-refresh is proven with and without JavaScript (with a deadline).
 
@@ -220,6 +220,7 @@ def demo_cases(r: k.Report, b: Browser, procs: k.Processes, binary: str, out: pa
     r.run("healthy demo: GO, every criterion PASS, numbers for people",
           lambda: assert_page(page, port, ["GO", "Every criterion passes over the last 48h.", "99.6%", "at least 97%",
                                            "0.4%", "below 1%", "more manual reviews would fail it.",
+                                           "95% interval", "conclusive", "Decided: the soak window has elapsed.",
                                            "48 h 0 m of 48 h 0 m elapsed", "Error budget left:", "What happened",
                                            "Grafana soak dashboard"],
                               ["FAIL", "NO-GO", "PENDING"]))
@@ -247,7 +248,8 @@ def demo_cases(r: k.Report, b: Browser, procs: k.Processes, binary: str, out: pa
     page = b.open(url)
     r.run("pending: a phase begun two hours ago says PENDING, why, and how long is left",
           lambda: assert_page(page, port, ["PENDING", "Pending because too early", "2 h 0 m of 48 h 0 m elapsed",
-                                           "45 h 59 m remaining", "WAITING", "to go."], ["NO-GO"]))
+                                           "45 h 59 m remaining", "WAITING", "to go.",
+                                           "Not decided yet. If the rates since the phase began continue"], ["NO-GO"]))
     page.context.close()
     procs.stop("demo-pending")
 
@@ -261,8 +263,10 @@ def database_cases(r: k.Report, b: Browser, procs: k.Processes, binary: str, out
         "serve", "--database-url", cluster.url, "--flags-file", flags, "--phase-started-at", rfc3339(3 * 3600),
         "--poll-interval", "1s", "--max-staleness", "3s"])
     page = b.open(url)
-    r.run("real table: a circuit trip in the window is NO-GO, with the SQL's numbers formatted",
-          lambda: assert_page(page, port, ["NO-GO", "Failing: No circuit-breaker trips.", "12,300 of 12,345 confirmed",
+    r.run("real table: a circuit trip in the window is a decided NO-GO, with the SQL's numbers formatted",
+          lambda: assert_page(page, port, ["NO-GO", "Failing: No circuit-breaker trips.",
+                                           "Decided: this NO-GO is already certain.", "waiting cannot make it a go",
+                                           "12,300 of 12,345 confirmed", "95% interval",
                                            "99.6%", "45 of 12,345 reviewed", "0.4%", "1 trip(s)", "circuit trip",
                                            "ambiguous_address", "Database \u2713 up"], ["PENDING"]))
     r.run("real table: a reason holding <script> is shown as text, never run",

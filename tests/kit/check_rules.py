@@ -31,6 +31,9 @@ REQUIRED = {
     "RolloutExporterAbsent": "critical",
     "RolloutExporterDatabaseDown": "critical",
     "RolloutExporterPollsStale": "critical",
+    # Issue 13: a decided no-go pages at once, a projected one opens a ticket.
+    "RolloutSoakDecidedNoGo": "critical",
+    "RolloutSoakProjectedNoGo": "warning",
 }
 RUNBOOK_BASE = "https://github.com/example/rollout-exporter/blob/main/docs/runbook.md#"
 

@@ -11,7 +11,7 @@ import sys
 
 import kitlib as k
 
-MODULES = ("check_rules", "check_alertmanager", "lint_dashboards", "check_thresholds", "e2e")
+MODULES = ("check_rules", "check_alertmanager", "lint_dashboards", "check_thresholds", "check_intervals", "e2e")
 LIMIT_S = 240  # per module; e2e observes for ~2.5 minutes
 
 

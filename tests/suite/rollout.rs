@@ -72,6 +72,10 @@ async fn gate_and_cli_agree(starts: i64, confirmed: i64, manual: i64, expected: 
     assert_eq!(vstatus, 200, "/verdict always answers 200");
     let (pstatus, _) = http_request(app.port, "POST", "/gate", &[("Content-Type", "application/json")]).await;
     assert_eq!(pstatus, status, "Flagger POSTs to the gate");
+    // Long after the due time every verdict is decided: a no_go rolls back, nothing else does.
+    assert_eq!((v["decided"].as_bool(), g["decided"].as_bool()), (Some(true), Some(true)));
+    let (rstatus, _) = http_request(app.port, "POST", "/gate/rollback", &[]).await;
+    assert_eq!(rstatus, if expected == "no_go" { 200 } else { 412 }, "Flagger POSTs to the rollback webhook");
     app.stop().await;
 }
 
@@ -114,6 +118,123 @@ async fn a_short_soak_is_pending_with_exit_code_three_and_markdown_evidence() {
     // Too little data is pending too.
     let (exit, _) = verdict_cli(&db.url, &flags, &["--phase-started-at", THREE_DAYS_AGO, "--min-starts", "151"]);
     assert_eq!(exit, 3);
+}
+
+fn rfc3339_ago(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(secs)).to_string()
+}
+
+/// The verdict JSON of `verdict` and of the live `/verdict`, `/gate` and `/gate/rollback` statuses
+/// and the `decided` gauge, for a soak that began `started`.
+async fn cli_and_live(
+    db: &TestDb,
+    flags: &str,
+    started: &str,
+) -> (i32, serde_json::Value, serde_json::Value, u16, u16, f64) {
+    let (code, json) = verdict_cli(&db.url, flags, &["--format", "json", "--phase-started-at", started]);
+    let cli: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let app = spawn_app(serve_config(&db.url, &["--flags-file", flags, "--phase-started-at", started])).await;
+    app.ready().await;
+    let (_, body) = app.get("/verdict").await;
+    let live: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (gate, _) = app.get("/gate").await;
+    let (rollback, _) = http_request(app.port, "POST", "/gate/rollback", &[]).await;
+    let decided = app.scrape().await.value("assignment_rollout_decided", &[]);
+    app.stop().await;
+    (code, cli, live, gate, rollback, decided)
+}
+
+#[tokio::test]
+async fn a_circuit_trip_since_the_phase_began_is_a_decided_no_go_that_rolls_back_at_once() {
+    let db = TestDb::new().await;
+    seed(&db, 200, 200, 0).await;
+    // Three hours into a 48 h soak. A trip an hour before the phase began is in today's window (no_go)
+    // but will have left the window judged at the due time: not decided, no rollback.
+    let started = rfc3339_ago(3 * 3600);
+    db.events().event_type("coordinator.circuit_open").context("{}").at("now() - interval '4 hours'").insert().await;
+    let dir = TempDir::new("rex_flags");
+    let flags = flags_file(&dir, "true", "false");
+    let (code, cli, live, gate, rollback, decided) = cli_and_live(&db, &flags, &started).await;
+    for v in [&cli, &live] {
+        assert_eq!((v["decision"].as_str(), v["decided"].as_bool()), (Some("no_go"), Some(false)), "{v:#}");
+        assert_eq!(v["projection"]["decision_at_due"], "go", "200 starts in 3 h project 3200 clean ones: {v:#}");
+    }
+    assert_eq!((code, gate, rollback, decided), (1, 412, 412, 0.0));
+    // A trip two hours ago, after the phase began, stays in the window until the due time.
+    db.events().event_type("coordinator.circuit_open").context("{}").at("now() - interval '2 hours'").insert().await;
+    let (code, cli, live, gate, rollback, decided) = cli_and_live(&db, &flags, &started).await;
+    for v in [&cli, &live] {
+        assert_eq!((v["decision"].as_str(), v["decided"].as_bool()), (Some("no_go"), Some(true)), "{v:#}");
+        assert_eq!(v["projection"]["decision_at_due"], "no_go");
+        assert_eq!(v["pending_reason"], serde_json::Value::Null);
+    }
+    assert_eq!((code, gate, rollback, decided), (1, 412, 200, 1.0), "Flagger rolls back 45 h early");
+    let (_, md) = verdict_cli(&db.url, &flags, &["--phase-started-at", &started]);
+    assert!(md.contains("| decided | yes: no_go is certain"), "{md}");
+    assert!(md.contains("| projected at the due time |") && md.contains("**NO_GO**"), "{md}");
+}
+
+#[tokio::test]
+async fn ratio_criteria_carry_their_wilson_interval_in_json_markdown_and_metrics() {
+    let db = TestDb::new().await;
+    seed(&db, 100, 97, 0).await;
+    let dir = TempDir::new("rex_flags");
+    let flags = flags_file(&dir, "true", "false");
+    let (code, json) = verdict_cli(&db.url, &flags, &["--format", "json", "--phase-started-at", THREE_DAYS_AGO]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(code, 0, "97/100 passes");
+    let success = &v["criteria"][0];
+    // Wilson (1927) at 95%: 97/100 -> [0.915481, 0.989745]; 0/100 -> [0, 0.036993].
+    let bound = |c: &serde_json::Value, b: &str| c["interval"][b].as_f64().unwrap();
+    assert!((bound(success, "low") - 0.915_481).abs() < 1e-6 && (bound(success, "high") - 0.989_745).abs() < 1e-6);
+    assert_eq!(
+        (success["interval"]["confidence"].as_f64(), success["evidence"].as_str()),
+        (Some(0.95), Some("inconclusive"))
+    );
+    let manual = &v["criteria"][1];
+    assert_eq!(bound(manual, "low"), 0.0, "0 manual reviews: the lower bound is exactly 0");
+    assert!((bound(manual, "high") - 0.036_993).abs() < 1e-6, "{manual}");
+    assert!(v["criteria"][2].get("interval").is_none(), "only the ratios carry one");
+    // --confidence (and GATE_CONFIDENCE) changes the interval, never the decision.
+    let (code, json) = verdict_cli(
+        &db.url,
+        &flags,
+        &["--format", "json", "--phase-started-at", THREE_DAYS_AGO, "--confidence", "0.5"],
+    );
+    let narrow: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!((code, narrow["criteria"][0]["interval"]["confidence"].as_f64()), (0, Some(0.5)));
+    assert!(bound(&narrow["criteria"][0], "low") > bound(success, "low"));
+    let (_, md) = verdict_cli(&db.url, &flags, &["--phase-started-at", THREE_DAYS_AGO]);
+    assert!(md.contains("| 95% interval | evidence |"), "{md}");
+    assert!(
+        md.contains("| success_ratio | 0.970000 (97/100) | >= 0.97 | pass | 91.55% to 98.97% | inconclusive |"),
+        "{md}"
+    );
+    for bad in ["0", "1", "1.5", "-0.1", "NaN", "ninety"] {
+        let (code, _, err) = run_bin(&["verdict", "--database-url", &db.url, &format!("--confidence={bad}")]);
+        assert_eq!(code, 2, "--confidence {bad}: {err}");
+        assert!(err.contains("--confidence"), "{err}");
+    }
+    let app = spawn_app(serve_config(&db.url, &["--flags-file", &flags, "--phase-started-at", THREE_DAYS_AGO])).await;
+    app.ready().await;
+    let s = app.scrape().await;
+    let low = s.value("assignment_rollout_gate_interval_low", &[("criterion", "success_ratio")]);
+    assert_eq!(low, bound(success, "low"), "the gauge is the verdict's bound");
+    assert_eq!(
+        s.value("assignment_rollout_gate_interval_high", &[("criterion", "manual_review_ratio")]),
+        bound(manual, "high")
+    );
+    assert_eq!(s.value("assignment_rollout_gate_conclusive", &[("criterion", "success_ratio")]), 0.0);
+    assert_eq!(s.value("assignment_rollout_gate_confidence", &[]), 0.95);
+    assert_eq!(s.value("assignment_rollout_decided", &[]), 1.0, "long after the due time");
+    assert_eq!(s.value("assignment_rollout_projected_decision", &[("decision", "go")]), 1.0);
+    assert_eq!(
+        s.value("assignment_rollout_projected_starts_at_due", &[]),
+        100.0,
+        "after the due time: the window's starts"
+    );
+    assert!(s.get("assignment_rollout_gate_interval_low", &[("criterion", "min_starts")]).is_none());
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -488,6 +609,22 @@ async fn backtest_steps_equal_verdict_at_and_show_the_decision_changing() {
     assert_eq!(lines.len(), 66, "both ends included");
     let decisions: Vec<&str> = lines.iter().map(|v| v["decision"].as_str().unwrap()).collect();
     assert_eq!(decisions.first(), Some(&"pending"), "before the soak elapsed");
+    // 66 h ago the phase was 4 h old with a start a minute and no manual review: at that rate the
+    // due time holds 2880 starts and says go; the bad stretch 60 h ago had not happened yet.
+    assert_eq!(lines[0]["projection"]["decision_at_due"], "go", "{:#}", lines[0]);
+    assert_eq!(lines[0]["projection"]["starts_at_due"], 48 * 60);
+    assert_eq!(lines[0]["decided"], false);
+    // In the bad stretch (before the due time) the ratio fails: no_go, not decided; the projection
+    // from the rates since the phase began says no_go too.
+    let stretch = &lines[7];
+    assert_eq!(
+        (stretch["decision"].as_str(), stretch["decided"].as_bool()),
+        (Some("no_go"), Some(false)),
+        "{stretch:#}"
+    );
+    assert_eq!(stretch["projection"]["decision_at_due"], "no_go");
+    // The phase began 70 h ago, so the due time was 22 h ago (step 44): decided from there on only.
+    assert!(lines[..44].iter().all(|v| v["decided"] == false) && lines[44..].iter().all(|v| v["decided"] == true));
     assert!(decisions.contains(&"no_go"), "the bad stretch inside the window");
     assert_eq!(decisions.last(), Some(&"go"), "after it left");
     // Each sampled step equals `verdict --at` for the same instant, field for field.
@@ -508,6 +645,12 @@ async fn backtest_steps_equal_verdict_at_and_show_the_decision_changing() {
     let csv = backtest("csv");
     assert_eq!(csv.lines().count(), 67);
     assert!(csv.starts_with("evaluated_at,decision,"));
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let last: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
+    let col = |name: &str| last[header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("{name}: {header:?}"))];
+    let low: f64 = col("success_ratio_low").parse().unwrap();
+    assert!((low - lines[65]["criteria"][0]["interval"]["low"].as_f64().unwrap()).abs() < 1e-6);
+    assert_eq!((col("decided"), col("projected_decision_at_due")), ("true", "go"));
     // What-if thresholds change the judgement, not the data.
     let mut args = vec!["backtest"];
     args.extend_from_slice(&common);

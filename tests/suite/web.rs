@@ -169,6 +169,8 @@ async fn the_status_page_shows_the_sql_numbers_for_people() {
     for expected in [
         "NO-GO</h1>",
         "Failing: No circuit-breaker trips.",
+        "Decided: this NO-GO is already certain.</b> There was a circuit-breaker trip inside the window",
+        "95% interval 99.",
         "12,300 of 12,345 confirmed",
         "99.6% <span",
         "45 of 12,345 reviewed",

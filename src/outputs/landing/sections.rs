@@ -7,7 +7,7 @@ use super::super::Current;
 use super::decision_word;
 use crate::events::{CIRCUIT_OPEN, ERROR, MANUAL_REVIEW, RETRY};
 use crate::human::{count, duration, escape, instant, manual_review_margin, percent, signed, success_margin};
-use crate::rollout::{Criterion, CriterionKind as K, Decision, SUSTAINED_ERROR_BLOCKS};
+use crate::rollout::{Criterion, CriterionKind as K, Decision, Strength, SUSTAINED_ERROR_BLOCKS};
 use crate::time::{window_start_minute, UnixMicros};
 
 /// The runbook section (GitHub anchor of its heading) for a failing criterion.
@@ -74,11 +74,63 @@ pub fn banner(cur: &Current) -> String {
     )
 }
 
-/// ISSUE 13 SECTION 1 GOES HERE: whether the decision is already decided and how sure the
-/// evidence is (the `decided`, `interval`, `evidence` and `projection` fields of the verdict, from
-/// the branch that adds them). Empty until the verdict carries them.
-fn certainty(_cur: &Current) -> String {
-    String::new()
+/// Whether the decision is already certain (`decided`) and, while it is not, the projection: what
+/// the due-time verdict would be if the rates since the phase began continue.
+fn certainty(cur: &Current) -> String {
+    let v = &cur.rollout.verdict;
+    let due_at = cur.rollout.phase.started_at + soak_seconds(cur);
+    if v.decided && v.decision == Decision::NoGo && cur.now.seconds() < due_at {
+        let what: Vec<&str> = v
+            .criteria
+            .iter()
+            .filter(|c| !c.pass && c.name.zero_tolerance())
+            .map(|c| if c.name == K::NoCircuitTrips { "a circuit-breaker trip" } else { "sustained errors" })
+            .collect();
+        return format!(
+            "<p class=\"decided\"><b>Decided: this NO-GO is already certain.</b> There was {} inside the window \
+             that will be judged at the due time ({}); waiting cannot make it a go.</p>",
+            what.join(" and "),
+            instant(UnixMicros::from_seconds(due_at))
+        );
+    }
+    if v.decided {
+        return "<p class=\"decided\"><b>Decided:</b> the soak window has elapsed.</p>".to_string();
+    }
+    match &v.projection {
+        Some(p) => format!(
+            "<p>Not decided yet. If the rates since the phase began continue: about <b>{}</b> starts and \
+             <b>{}</b> at the due time.</p>",
+            count(p.starts_at_due),
+            decision_word(p.decision_at_due).0
+        ),
+        None => String::new(),
+    }
+}
+
+/// An interval's bounds as percentages with enough decimals to tell them apart (at most 4).
+fn bounds(low: f64, high: f64) -> String {
+    let mut text = (percent(low, None), percent(high, None));
+    for d in 2..=4 {
+        if text.0 != text.1 {
+            break;
+        }
+        text = (format!("{:.d$}%", low * 100.0), format!("{:.d$}%", high * 100.0));
+    }
+    format!("{} to {}", text.0, text.1)
+}
+
+/// The interval of a ratio criterion and whether it settles the comparison, in words.
+fn interval_text(c: &Criterion) -> String {
+    match (&c.interval, c.evidence) {
+        (Some(i), Some(e)) => format!(
+            "<p>{} interval {}: <b>{}</b>{}</p>",
+            percent(i.confidence, None),
+            bounds(i.low, i.high),
+            e.label(),
+            if e == Strength::Inconclusive { " (it straddles the threshold: the data cannot tell yet)" } else { "" }
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Elapsed, remaining and due time of the soak, with a bar.
@@ -221,7 +273,8 @@ pub fn criteria(cur: &Current) -> String {
             out,
             "<article class=\"card {class}\" data-criterion=\"{label}\"><h3><span>{title}</span>\
              <span class=\"verdict-word\">{word}</span></h3><p class=\"value\">{value}</p>\
-             <p>Threshold: {threshold}</p><p>{margin}</p>{runbook}</article>",
+             <p>Threshold: {threshold}</p>{interval}<p>{margin}</p>{runbook}</article>",
+            interval = interval_text(c),
             label = c.name.label(),
             title = criterion_title(c.name),
         );
