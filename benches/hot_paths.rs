@@ -87,6 +87,7 @@ fn render_metrics(c: &mut Criterion) {
         active_within: Duration::from_secs(600),
         circuit_hold: Duration::from_secs(300),
         max_staleness: None,
+        links: Default::default(),
     };
     let phase = Flags { v3: Some("true".into()), shadow: Some("false".into()), max_parallel: Some("3".into()) }.phase();
     let started_at = rollout.phase_started_at.unwrap_or(0.0);

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests need (Debian
 # packages, without starting their services), makes sure PostgreSQL listens on 127.0.0.1:5432,
-# then runs fmt, clippy, the unit and integration tests, the alert/dashboard kit, the bench smoke
-# run, the secret scan and the deploy checks.
+# then runs fmt, clippy, the unit and integration tests, the alert/dashboard kit, the status page
+# in a real browser, the bench smoke run, the secret scan and the deploy checks.
 #
 # Every stage runs through `stage`, which times it and records one line (`NAME ok 12s`,
 # `NAME FAILED (exit 3) 40s`); the table of all stages is printed at the end. A failing stage
@@ -22,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all_stages=(install postgres stale-dbs fmt clippy test kit bench-smoke secret-scan deploy)
+all_stages=(install postgres stale-dbs fmt clippy test kit browser bench-smoke secret-scan deploy)
 
 selected=",${REX_STAGES:-$(IFS=,; echo "${all_stages[*]}")},"
 if [ "${REX_STAGES:-}" = help ]; then echo "stages: ${all_stages[*]}"; exit 0; fi
@@ -114,9 +114,11 @@ tools=(
   pgbouncer:pgbouncer
   prometheus:prometheus promtool:prometheus
   prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager
+  chromium:chromium
 )
-# Not chromium (for the upcoming browser tests) yet: on Debian 12 it is 25 packages and ~124 MB
-# to download (several hundred MB installed) for tests that do not exist; add it with them.
+# chromium is the browser of the `browser` stage (tests/browser): Debian's build, driven by
+# playwright over CDP; playwright's own browser download is never used (and cannot be fetched
+# here). About 25 packages and 124 MB to download on Debian 12.
 
 # Prints the packages providing the missing tools, one per line, deduplicated.
 missing_packages() {
@@ -259,6 +261,9 @@ stage test cargo test --locked -- --test-threads=8
 
 export ROLLOUT_EXPORTER_BIN="$PWD/target/debug/rollout-exporter"
 stage kit bash tests/kit/run.sh
+# Its own stage, not a kit module: the kit is standard-library Python, this one needs playwright
+# (pinned, in a venv under target/) and Debian's chromium.
+stage browser bash tests/browser/run.sh
 stage bench-smoke bash bench/run.sh --smoke
 stage secret-scan secret_scan
 stage deploy bash tests/deploy/run.sh

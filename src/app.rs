@@ -38,10 +38,12 @@ pub enum AppError {
 }
 
 /// Starts the ingest loop of one source; the app does not care which.
-type Starter = Box<dyn FnOnce(watch::Sender<Arc<Snapshot>>, watch::Receiver<bool>) -> JoinHandle<()> + Send>;
+type Starter =
+    Box<dyn FnOnce(watch::Sender<Arc<Snapshot>>, watch::Receiver<bool>, ingest::Judge) -> JoinHandle<()> + Send>;
 
 fn starter<S: Source>(source: S, tally: TallyConfig) -> (Starter, &'static str) {
-    let start: Starter = Box::new(move |tx, stop| tokio::spawn(ingest::run(source, tally, tx, stop)));
+    let start: Starter =
+        Box::new(move |tx, stop, judge| tokio::spawn(ingest::run(source, tally, tx, stop, Some(judge))));
     (start, S::NAME)
 }
 
@@ -97,7 +99,8 @@ impl App {
         let (snap_tx, snapshots) = watch::channel(Arc::new(Snapshot::empty(UnixMicros::now())));
         let (phase_tx, phases) = watch::channel(Arc::new(self.phase.view().clone()));
         let live = Live { snapshots, phases, rollout: Arc::new(self.rollout.clone()) };
-        let mut ingest = (self.start)(snap_tx, stop_rx.clone());
+        let judge = ingest::Judge { phases: live.phases.clone(), rollout: live.rollout.clone() };
+        let mut ingest = (self.start)(snap_tx, stop_rx.clone(), judge);
         let watcher = tokio::spawn(watch_flags(self.rollout.flags_file.clone(), self.phase, phase_tx, stop_rx.clone()));
         // The source must outlive the server: if it ever stops on its own (a bug), serving frozen
         // numbers as if fresh would be worse than a restart. Stop everything and report it.

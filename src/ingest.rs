@@ -1,7 +1,10 @@
 //! The ingest loop: drives any [`Source`], owns the tally, the backoff, the health and the
 //! exporter's own counters, and publishes an immutable [`Snapshot`] after every load and poll.
 //!
-//! It is the only writer of snapshots; outputs read them from the `watch` channel.
+//! It is the only writer of snapshots; outputs read them from the `watch` channel. With a
+//! [`Judge`] it also keeps the [`journal`] of what this process saw happen, in the snapshot.
+
+pub mod journal;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +16,7 @@ use crate::snapshot::{Snapshot, POLL_BUCKETS};
 use crate::source::{Batch, Source, SourceError};
 use crate::tally::Tally;
 use crate::time::UnixMicros;
+pub use journal::{Journal, Judge};
 
 /// First wait after a failed start-up load; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -24,17 +28,30 @@ pub struct Ingest {
     tally: Tally,
     current: Snapshot,
     tx: watch::Sender<Arc<Snapshot>>,
+    /// The journal and how to judge for it (None: the commands, which publish once).
+    journal: Option<(Journal, Judge)>,
 }
 
 impl Ingest {
     /// A loop that publishes on `tx`, starting from the snapshot `tx` holds.
     pub fn new(cfg: TallyConfig, tx: watch::Sender<Arc<Snapshot>>) -> Self {
         let current = (**tx.borrow()).clone();
-        Ingest { tally: Tally::new(cfg), current, tx }
+        Ingest { tally: Tally::new(cfg), current, tx, journal: None }
+    }
+
+    /// Keeps the journal of what happens in the snapshots it publishes.
+    pub fn with_journal(mut self, judge: Judge) -> Self {
+        self.journal = Some((Journal::default(), judge));
+        self
     }
 
     fn publish(&mut self) {
         self.current.generation += 1;
+        if let Some((journal, judge)) = &mut self.journal {
+            let phase = judge.phases.borrow().clone();
+            journal.observe(&self.current, &phase, &judge.rollout, UnixMicros::now());
+            self.current.journal = journal.entries();
+        }
         self.tx.send_replace(Arc::new(self.current.clone()));
     }
 
@@ -117,14 +134,18 @@ fn fresh_at(batch: &Batch) -> UnixMicros {
 
 /// Loads (retrying with backoff), then calls `next` every interval until shutdown. A load or poll
 /// blocked in the database is abandoned at shutdown (the connection goes with it), so SIGTERM
-/// never waits for a statement timeout.
+/// never waits for a statement timeout. With `judge`, the snapshots carry the journal.
 pub async fn run<S: Source>(
     mut source: S,
     cfg: TallyConfig,
     tx: watch::Sender<Arc<Snapshot>>,
     mut shutdown: watch::Receiver<bool>,
+    judge: Option<Judge>,
 ) {
     let mut ingest = Ingest::new(cfg.clone(), tx);
+    if let Some(judge) = judge {
+        ingest = ingest.with_journal(judge);
+    }
     let mut backoff = FIRST_BACKOFF;
     let mut behind;
     loop {

@@ -12,6 +12,7 @@
 //! ```
 //!
 //! - [`time`]: Unix microseconds, the minute and the 5-minute error block, defined once.
+//! - [`human`]: counts, percentages, durations and instants as people read them.
 //! - [`config`]: command line and environment, validated once into typed settings.
 //! - [`events`]: typed rows and groups; reasons normalised and label cardinality capped.
 //! - [`tally`]: all-time counters, per-minute buckets for windows, the booking state machine.
@@ -19,10 +20,12 @@
 //! - [`rollout`]: flags -> phase (and its watcher); evidence -> criteria -> decision.
 //! - [`source`]: the [`source::Source`] trait; the PostgreSQL follower and the demo simulator.
 //! - [`ingest`]: the loop that drives a source, folds batches and publishes snapshots.
-//! - [`outputs`]: /metrics, the HTTP endpoints, the landing page and the `verdict` command.
+//! - [`outputs`]: /metrics, the HTTP endpoints, the status page and the `verdict` command.
 //! - [`app`]: wiring and graceful shutdown.
 
 pub mod time;
+
+pub mod human;
 
 pub mod config;
 
@@ -76,8 +79,8 @@ pub async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>
 #[cfg(test)]
 mod layout {
     /// The modules in the order the layout above lists them.
-    const ORDER: [&str; 10] =
-        ["time", "config", "events", "tally", "snapshot", "rollout", "source", "ingest", "outputs", "app"];
+    const ORDER: [&str; 11] =
+        ["time", "human", "config", "events", "tally", "snapshot", "rollout", "source", "ingest", "outputs", "app"];
 
     fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap().flatten() {

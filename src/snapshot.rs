@@ -34,6 +34,50 @@ pub struct Snapshot {
     pub health: Health,
     pub ingest: IngestStats,
     pub tally: TallyView,
+    /// What this process saw happen, newest first, at most [`JOURNAL_CAP`] entries (kept by the
+    /// ingest loop; see `ingest::journal`). Scrapes and page views never query for it.
+    pub journal: Vec<Happening>,
+}
+
+/// Entries [`Snapshot::journal`] keeps: the newest this many.
+pub const JOURNAL_CAP: usize = 50;
+
+/// What kind of thing happened, for the status page's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HappeningKind {
+    /// coordinator.circuit_open rows appeared in the soak window.
+    CircuitTrip,
+    /// A run of consecutive 5-minute blocks with a coordinator.error reached the sustained length.
+    SustainedErrors,
+    /// The flags selected another phase.
+    PhaseChange,
+    /// The live decision changed (go / no_go / pending, or why pending).
+    DecisionChange,
+    /// The database stopped or started answering.
+    Database,
+}
+
+impl HappeningKind {
+    /// The kind in words, as the page shows it.
+    pub fn label(self) -> &'static str {
+        match self {
+            HappeningKind::CircuitTrip => "circuit trip",
+            HappeningKind::SustainedErrors => "sustained errors",
+            HappeningKind::PhaseChange => "phase change",
+            HappeningKind::DecisionChange => "decision",
+            HappeningKind::Database => "database",
+        }
+    }
+}
+
+/// One entry of the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Happening {
+    /// When it happened (or was first seen), on the exporter's clock or the row's `created_at`.
+    pub at: UnixMicros,
+    pub kind: HappeningKind,
+    /// What happened, in words (label values only: bounded, but escaped when shown).
+    pub text: String,
 }
 
 impl Snapshot {

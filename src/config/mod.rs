@@ -152,7 +152,7 @@ pub struct RolloutArgs {
     /// without it the exporter's own environment is read. Re-read on change and on SIGHUP.
     #[arg(long, env = "FLAGS_FILE")]
     pub flags_file: Option<PathBuf>,
-    /// Environment name shown in the verdict and the landing page (metrics get it from target labels).
+    /// Environment name shown in the verdict and the status page (metrics get it from target labels).
     #[arg(long, env = "ROLLOUT_ENVIRONMENT", default_value = "unknown")]
     pub environment: String,
     /// When the active phase began (RFC 3339); default: when this exporter saw it begin.
@@ -222,6 +222,14 @@ pub struct CommonArgs {
     /// Paths served without basic auth when --web-config-file sets users (comma-separated).
     #[arg(long, env = "WEB_OPEN_PATHS", default_value = "/healthz,/readyz")]
     pub web_open_paths: String,
+    /// The Grafana soak dashboard (http or https URL) the status page at / links to, pinned to
+    /// the phase's time range (`from` and `to` are added). Default: no link.
+    #[arg(long, env = "GRAFANA_URL")]
+    pub grafana_url: Option<String>,
+    /// docs/runbook.md as on-call reads it (http or https URL): the status page links each
+    /// failing criterion to its section there (`#anchor` appended).
+    #[arg(long, env = "RUNBOOK_URL", default_value = DEFAULT_RUNBOOK_URL)]
+    pub runbook_url: String,
     #[command(flatten)]
     pub rollout: RolloutArgs,
 }
@@ -437,6 +445,35 @@ pub struct RolloutConfig {
     /// The gate never says `go` from data older than this (None: the `verdict` command, whose
     /// data is read just now).
     pub max_staleness: Option<Duration>,
+    /// Where the status page links to.
+    pub links: Links,
+}
+
+/// The runbook the alerts' `runbook_url` annotations point at.
+pub const DEFAULT_RUNBOOK_URL: &str = "https://github.com/example/rollout-exporter/blob/main/docs/runbook.md";
+
+/// The status page's links out (`--grafana-url`, `--runbook-url`): never loaded by the page, only
+/// followed by the reader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Links {
+    pub grafana: Option<String>,
+    pub runbook: String,
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        Links { grafana: None, runbook: DEFAULT_RUNBOOK_URL.to_string() }
+    }
+}
+
+/// An http(s) URL without spaces, quotes or angle brackets (it is written into the page).
+fn link_url(flag: &'static str, raw: &str) -> Result<String, ConfigError> {
+    let url = raw.trim();
+    let scheme = url.starts_with("https://") || url.starts_with("http://");
+    if !scheme || url.len() > 2000 || url.chars().any(|c| c.is_whitespace() || c.is_control() || "\"'<>`".contains(c)) {
+        return Err(bad(flag, "must be an http:// or https:// URL without spaces or quotes"));
+    }
+    Ok(url.to_string())
 }
 
 /// The HTTP side: where to listen, TLS and basic auth.
@@ -746,6 +783,7 @@ impl RolloutArgs {
             active_within: positive_duration("--active-within", &self.active_within)?,
             circuit_hold: positive_duration("--circuit-hold", &self.circuit_hold)?,
             max_staleness: None,
+            links: Links::default(),
         })
     }
 }
@@ -918,6 +956,15 @@ impl CommonArgs {
             None | Some("") => default_staleness,
             Some(raw) => positive_duration("--max-staleness", raw)?,
         });
+        rollout.links = Links {
+            grafana: self
+                .grafana_url
+                .as_deref()
+                .filter(|u| !u.trim().is_empty())
+                .map(|u| link_url("--grafana-url", u))
+                .transpose()?,
+            runbook: link_url("--runbook-url", &self.runbook_url)?,
+        };
         let tally = TallyConfig {
             windows,
             soak,

@@ -1,4 +1,5 @@
-//! The HTTP side: /metrics, /healthz, /readyz, /gate, /gate/rollback, /verdict and the landing page.
+//! The HTTP side: /metrics, /healthz, /readyz, /gate, /gate/rollback, /verdict and the status page
+//! (and its icon).
 //!
 //! Every handler is a function of [`Live::current`]; none touches the database or takes a lock.
 
@@ -56,6 +57,7 @@ pub fn router(live: Live) -> Router {
         .route("/gate", get(gate).post(gate))
         .route("/gate/rollback", get(rollback).post(rollback))
         .route("/verdict", get(verdict))
+        .route("/favicon.ico", get(favicon))
         .with_state(Ctx { live, registry, cache: Arc::new(ArcSwapOption::empty()) })
 }
 
@@ -133,6 +135,21 @@ async fn verdict(State(cx): State<Ctx>) -> Response {
     Json(cx.live.current().rollout.verdict).into_response()
 }
 
-async fn landing(State(cx): State<Ctx>) -> Html<String> {
-    Html(super::landing::page(&cx.live.current()))
+/// The status page, with a policy that forbids loading anything from elsewhere and caching.
+async fn landing(State(cx): State<Ctx>) -> Response {
+    let page = super::landing::page(&cx.live.current());
+    (
+        [
+            (header::CONTENT_SECURITY_POLICY, super::landing::CONTENT_SECURITY_POLICY),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Html(page),
+    )
+        .into_response()
+}
+
+/// The page's icon also at the path browsers try on their own (e.g. when showing /metrics).
+async fn favicon() -> Response {
+    ([(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "max-age=86400")], super::landing::FAVICON_SVG)
+        .into_response()
 }

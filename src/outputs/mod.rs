@@ -3,7 +3,7 @@
 //! - [`metrics`]: the metric table and the `/metrics` collector;
 //! - [`http`]: the router (`/metrics`, `/healthz`, `/readyz`, `/gate`, `/gate/rollback`, `/verdict`, `/`) and the
 //!   exporter-toolkit web layer ([`web`]: basic auth, TLS);
-//! - [`landing`]: the page at `/`;
+//! - [`landing`]: the status page at `/` (its chart in [`chart`]);
 //! - [`verdict`]: the `verdict` command, which judges a snapshot built from SQL by the same load.
 //! - [`check`]: the `check` command: what the table, the role and the server look like.
 //! - [`backtest`]: the verdict at every step of a past range, from one load.
@@ -11,6 +11,7 @@
 
 pub mod backfill;
 pub mod backtest;
+pub mod chart;
 pub mod check;
 pub mod http;
 pub mod landing;
@@ -43,6 +44,8 @@ pub struct Current {
     pub phase: Arc<PhaseView>,
     pub rollout: RolloutView,
     pub rollout_config: Arc<RolloutConfig>,
+    /// The exporter's clock the view was judged at (ages and the soak's progress count to it).
+    pub now: UnixMicros,
 }
 
 impl Current {
@@ -54,7 +57,7 @@ impl Current {
             data_age_seconds: snapshot.health.fresh_at.map(|t| ((now.0 - t.0) as f64 / 1e6).max(0.0)),
         };
         let rollout = rollout::view(&snapshot.tally, &phase, &cfg, &fresh);
-        Current { snapshot, phase, rollout, rollout_config: cfg }
+        Current { snapshot, phase, rollout, rollout_config: cfg, now }
     }
 }
 

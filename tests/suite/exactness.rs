@@ -384,6 +384,7 @@ async fn a_scrape_right_after_a_poll_shows_the_new_snapshot() {
         active_within: Duration::from_secs(600),
         circuit_hold: Duration::from_secs(300),
         max_staleness: None,
+        links: Default::default(),
     };
     let (live, snapshots) = live_outputs(rollout, Flags::default().phase(), Snapshot::default());
     let router = rollout_exporter::outputs::http::router(live);

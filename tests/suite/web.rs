@@ -134,3 +134,58 @@ fn a_bad_web_config_exits_2_with_one_line() {
         assert!(!err.contains("plaintext"), "the password value is not echoed: {err}");
     }
 }
+
+/// The status page from a real table: the SQL's counts with thousands separators, ratios as
+/// percentages, the margins in bookings, a `<script>` reason shown as text, and the journal.
+#[tokio::test]
+async fn the_status_page_shows_the_sql_numbers_for_people() {
+    let db = TestDb::new().await;
+    let ev = |et: &str, n: i64| db.events().event_type(et).count(n).within_last_secs(3600);
+    ev("coordinator.start", 12_345).insert().await;
+    ev("coordinator.confirmed", 12_300).insert().await;
+    ev("coordinator.manual_review", 45).reason("ambiguous_address").insert().await;
+    ev("coordinator.retry", 2_001).reason("<script>alert(1)</script>").insert().await;
+    db.events().event_type("coordinator.circuit_open").at("now() - interval '20 minutes'").insert().await;
+    let dir = TempDir::new("rex_page");
+    let flags = dir.path().join("flags.env");
+    std::fs::write(&flags, "FEATURE_ASSIGNMENT_PIPELINE_V3=true\nFEATURE_ASSIGNMENT_PIPELINE_V3_SHADOW=false\n")
+        .unwrap();
+    let started = rollout_exporter::time::UnixMicros::now().minus(std::time::Duration::from_secs(7200)).rfc3339();
+    let app = spawn_app(serve_config(
+        &db.url,
+        &[
+            "--flags-file",
+            flags.to_str().unwrap(),
+            "--phase-started-at",
+            &started,
+            "--grafana-url",
+            "http://127.0.0.1:3000/d/soak",
+        ],
+    ))
+    .await;
+    app.ready().await;
+    let (code, html) = app.get("/").await;
+    assert_eq!(code, 200);
+    for expected in [
+        "NO-GO</h1>",
+        "Failing: No circuit-breaker trips.",
+        "Decided: this NO-GO is already certain.</b> There was a circuit-breaker trip inside the window",
+        "95% interval 99.",
+        "12,300 of 12,345 confirmed",
+        "99.6% <span",
+        "45 of 12,345 reviewed",
+        "0.4% <span",
+        "80 more manual reviews would fail it.",
+        "2 h 0 m</b> of 48 h 0 m elapsed",
+        "2,001",
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "circuit-breaker trip(s) in the soak window when this exporter started",
+        "docs/runbook.md#rolloutcircuitbreakeropen",
+        "http://127.0.0.1:3000/d/soak?from=",
+    ] {
+        assert!(html.contains(expected), "missing {expected:?} in the page");
+    }
+    assert!(!html.contains("<script>alert"), "a reason from the table became markup");
+    assert!(!html.contains("12345") && !html.contains("0.9963"), "raw numbers on the page");
+    app.stop().await;
+}

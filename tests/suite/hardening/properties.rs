@@ -171,6 +171,7 @@ fn rollout_config() -> RolloutConfig {
         active_within: Duration::from_secs(600),
         circuit_hold: Duration::from_secs(300),
         max_staleness: None,
+        links: Default::default(),
     }
 }
 

@@ -1,0 +1,179 @@
+//! Numbers and times as people read them on the status page: counts with thousands separators,
+//! ratios as percentages, durations as `31 h 12 m`, instants in UTC to the minute, and the margin
+//! of a ratio criterion in bookings. Pure functions, for the status page and the journal.
+
+use crate::time::UnixMicros;
+
+/// Text made safe for HTML element content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A count with thousands separators: `1,234,567`.
+pub fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A signed count with thousands separators: `-1,234`.
+pub fn signed(n: i64) -> String {
+    if n < 0 {
+        format!("-{}", count(n.unsigned_abs()))
+    } else {
+        count(n as u64)
+    }
+}
+
+/// A ratio as a percentage with as few decimals as tell it apart from `threshold` (one at least,
+/// trailing zeros dropped): `99.6%`, `1%`, `96.99%` next to 97% (never a rounded `97%` that fails).
+pub fn percent(ratio: f64, threshold: Option<f64>) -> String {
+    let p = ratio * 100.0;
+    let mut text = format!("{p:.1}");
+    for decimals in 1..=4 {
+        text = format!("{p:.decimals$}");
+        let shown: f64 = text.parse().unwrap_or(p);
+        let distinct = threshold.is_none_or(|t| (shown - t * 100.0).abs() > 1e-9 || (p - t * 100.0).abs() < 1e-12);
+        if distinct {
+            break;
+        }
+    }
+    if text.contains('.') {
+        text = text.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    format!("{text}%")
+}
+
+/// A duration in whole minutes or seconds: `31 h 12 m`, `12 m 5 s`, `45 s` (never raw seconds).
+pub fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).floor() as u64;
+    let (h, m, sec) = (s / 3600, s % 3600 / 60, s % 60);
+    if h > 0 {
+        format!("{} h {m} m", count(h))
+    } else if m > 0 {
+        format!("{m} m {sec} s")
+    } else {
+        format!("{sec} s")
+    }
+}
+
+/// An instant in UTC to the minute: `2026-11-13 09:32 UTC`.
+pub fn instant(at: UnixMicros) -> String {
+    let t = at.rfc3339();
+    format!("{} {} UTC", &t[..10], &t[11..16])
+}
+
+/// An instant in UTC to the second, for "as of" lines: `09:32:07 UTC`.
+pub fn clock(at: UnixMicros) -> String {
+    format!("{} UTC", &at.rfc3339()[11..19])
+}
+
+/// The smallest `k >= 0` for which `holds(k)`, given that `holds` is monotonic (false then true);
+/// None when none up to `limit` does.
+fn smallest(limit: u64, holds: impl Fn(u64) -> bool) -> Option<u64> {
+    if !holds(limit) {
+        return None;
+    }
+    let (mut lo, mut hi) = (0u64, limit);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if holds(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Some(lo)
+}
+
+const LIMIT: u64 = 1 << 40;
+
+/// `success_ratio` (`confirmed / starts >= min`): while it passes, how many more bookings
+/// without a confirmation would fail it; while it fails, how many more confirmed bookings in a
+/// row it needs to pass. Compared exactly as the gate compares (the same float division).
+pub fn success_margin(starts: u64, confirmed: u64, min: f64) -> Option<u64> {
+    let passes = |c: u64, s: u64| s == 0 || c as f64 / s as f64 >= min;
+    if passes(confirmed, starts) {
+        smallest(LIMIT, |k| !passes(confirmed, starts + k))
+    } else {
+        smallest(LIMIT, |k| passes(confirmed + k, starts + k))
+    }
+}
+
+/// `manual_review_ratio` (`reviews / starts < max`): while it passes, how many more manual
+/// reviews would fail it; while it fails, how many more bookings without one it needs to pass.
+pub fn manual_review_margin(starts: u64, reviews: u64, max: f64) -> Option<u64> {
+    let passes = |r: u64, s: u64| s == 0 || (r as f64 / s as f64) < max;
+    if passes(reviews, starts) {
+        smallest(LIMIT, |k| !passes(reviews + k, starts + k))
+    } else {
+        smallest(LIMIT, |k| passes(reviews, starts + k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_have_thousands_separators() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1000), "1,000");
+        assert_eq!(count(1_234_567), "1,234,567");
+        assert_eq!(signed(-1_234), "-1,234");
+        assert_eq!(signed(12), "12");
+    }
+
+    #[test]
+    fn percentages_never_round_onto_the_threshold() {
+        assert_eq!(percent(0.995975, Some(0.97)), "99.6%");
+        assert_eq!(percent(0.01, Some(0.01)), "1%");
+        assert_eq!(percent(0.004, Some(0.01)), "0.4%");
+        assert_eq!(percent(0.96996, Some(0.97)), "96.996%");
+        assert_eq!(percent(0.97, Some(0.97)), "97%");
+        assert_eq!(percent(1.0, None), "100%");
+    }
+
+    #[test]
+    fn durations_are_in_hours_and_minutes() {
+        assert_eq!(duration(112_320.9), "31 h 12 m");
+        assert_eq!(duration(725.0), "12 m 5 s");
+        assert_eq!(duration(-3.0), "0 s");
+        assert_eq!(duration(172_800.0), "48 h 0 m");
+        assert_eq!(instant(UnixMicros::from_seconds(1_800_000_000.0)), "2027-01-15 08:00 UTC");
+    }
+
+    #[test]
+    fn margins_are_exact_at_the_threshold() {
+        // 97 of 100 confirmed is exactly 97%: one more unconfirmed booking fails it.
+        assert_eq!(success_margin(100, 97, 0.97), Some(1));
+        // 980 / 1000: 10 more pass (980/1010 = 0.9703), the 11th fails (980/1011 = 0.9693).
+        assert_eq!(success_margin(1000, 980, 0.97), Some(11));
+        // 90 / 100 fails: (90 + k) / (100 + k) >= 0.97 first at k = 234.
+        assert_eq!(success_margin(100, 90, 0.97), Some(234));
+        // 4 of 1000 reviewed: 7 more make 11 / 1007 >= 1%? 0.01092: yes; 6 more: 10 / 1006 = 0.00994.
+        assert_eq!(manual_review_margin(1000, 4, 0.01), Some(7));
+        // 10 of 1000 is exactly 1%, which fails: one more booking without a review passes.
+        assert_eq!(manual_review_margin(1000, 10, 0.01), Some(1));
+        assert_eq!(manual_review_margin(0, 0, 0.01), Some(1));
+        assert_eq!(manual_review_margin(100, 0, 0.0), None, "nothing is below a 0% limit");
+    }
+}

@@ -1,0 +1,193 @@
+//! The soak chart of the status page: inline SVG (nothing loaded), one panel per ratio, a point
+//! per step of [`TallyView::series`], the threshold as a dashed line, steps that fail it marked
+//! with a cross (so colour is never the only signal), and the phase start when it is inside the
+//! window. Pure functions of the series.
+
+use std::fmt::Write;
+
+use crate::human::percent;
+use crate::tally::{series_step_minutes, SeriesStep};
+use crate::time::{minute_start, UnixMicros};
+
+const W: f64 = 600.0;
+const H: f64 = 200.0;
+/// Plot area inside the panel: left margin for the y labels, bottom for the x labels.
+const X0: f64 = 70.0;
+const X1: f64 = 590.0;
+const Y0: f64 = 14.0;
+const Y1: f64 = 166.0;
+
+/// One panel: which ratio, its threshold, and whether a step fails it.
+pub struct Panel<'a> {
+    pub title: &'a str,
+    /// Numerator of a step.
+    pub part: fn(&SeriesStep) -> u64,
+    pub threshold: f64,
+    pub fails: fn(f64, f64) -> bool,
+    /// The y axis: at least this range, widened to hold every point.
+    pub floor: (f64, f64),
+}
+
+/// The window the chart spans: `[now - soak, now]`, in Unix minutes.
+pub struct Span {
+    pub first_minute: i64,
+    pub now: UnixMicros,
+    pub soak_seconds: u64,
+    /// Unix seconds of the phase start, drawn when inside the span.
+    pub phase_started_at: f64,
+}
+
+impl Span {
+    fn x(&self, unix_seconds: f64) -> f64 {
+        let start = minute_start(self.first_minute).seconds();
+        let end = self.now.seconds().max(start + 60.0);
+        X0 + (unix_seconds - start).clamp(0.0, end - start) / (end - start) * (X1 - X0)
+    }
+}
+
+fn y(v: f64, (lo, hi): (f64, f64)) -> f64 {
+    Y1 - (v - lo) / (hi - lo).max(1e-9) * (Y1 - Y0)
+}
+
+/// The y range: `floor`, widened to the points and the threshold, with a little air.
+fn range(points: &[(f64, f64)], p: &Panel<'_>) -> (f64, f64) {
+    let lo = points.iter().map(|q| q.1).fold(p.floor.0.min(p.threshold), f64::min);
+    let hi = points.iter().map(|q| q.1).fold(p.floor.1.max(p.threshold), f64::max);
+    (lo.max(0.0), hi.min(1.0))
+}
+
+/// One panel as an `<svg>` element (with a text alternative).
+pub fn panel(series: &[SeriesStep], span: &Span, p: &Panel<'_>) -> String {
+    let step_s = series_step_minutes(span.soak_seconds) as f64 * 60.0;
+    let points: Vec<(f64, f64)> = series
+        .iter()
+        .filter(|s| s.starts > 0)
+        .map(|s| {
+            let mid = (minute_start(s.start_minute).seconds() + step_s / 2.0).min(span.now.seconds());
+            (span.x(mid), (p.part)(s) as f64 / s.starts as f64)
+        })
+        .collect();
+    let r = range(&points, p);
+    let failing = points.iter().filter(|q| (p.fails)(q.1, p.threshold)).count();
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        "<svg viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{title}: {n} steps with starts, {failing} of them \
+         beyond the {t} threshold\" preserveAspectRatio=\"xMidYMid meet\">",
+        title = p.title,
+        n = points.len(),
+        t = percent(p.threshold, None),
+    );
+    axes(&mut svg, span, r);
+    let ty = y(p.threshold, r);
+    let _ = write!(
+        svg,
+        "<line class=\"threshold\" x1=\"{X0}\" x2=\"{X1}\" y1=\"{ty:.1}\" y2=\"{ty:.1}\"/>\
+         <text class=\"threshold-label\" x=\"{X1}\" y=\"{:.1}\" text-anchor=\"end\">threshold {}</text>",
+        if ty < Y0 + 20.0 { ty + 18.0 } else { ty - 5.0 },
+        percent(p.threshold, None)
+    );
+    line(&mut svg, &points, r, step_s / span.soak_seconds.max(1) as f64 * (X1 - X0) * 1.5);
+    for &(x, v) in points.iter().filter(|q| (p.fails)(q.1, p.threshold)) {
+        let yy = y(v, r);
+        let _ = write!(svg, "<path class=\"fail-mark\" d=\"M{:.1} {:.1}l8 8m0 -8l-8 8\"/>", x - 4.0, yy - 4.0);
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// Gridlines with y labels, x labels in hours before now, and the phase start.
+fn axes(svg: &mut String, span: &Span, r: (f64, f64)) {
+    for i in 0..=4 {
+        let v = r.0 + (r.1 - r.0) * f64::from(i) / 4.0;
+        let yy = y(v, r);
+        let _ = write!(
+            svg,
+            "<line class=\"gridline\" x1=\"{X0}\" x2=\"{X1}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            X0 - 6.0,
+            yy + 6.0,
+            percent(v, None)
+        );
+    }
+    let hours = span.soak_seconds as f64 / 3600.0;
+    let now = span.now.seconds();
+    for i in 0..=4 {
+        let back = hours * f64::from(4 - i) / 4.0;
+        let label = if i == 4 { "now".to_string() } else { format!("-{back:.0} h") };
+        let anchor = match i {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{label}</text>",
+            span.x(now - back * 3600.0),
+            H - 8.0
+        );
+    }
+    let start = minute_start(span.first_minute).seconds();
+    if span.phase_started_at > start {
+        let x = span.x(span.phase_started_at);
+        let _ = write!(
+            svg,
+            "<line class=\"phase\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{Y0}\" y2=\"{Y1}\"/>\
+             <text class=\"phase-label\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"start\">phase start</text>",
+            x + 4.0,
+            Y0 + 16.0
+        );
+    }
+}
+
+/// The points joined, with a gap where steps without starts (or a jump of more than `gap` px) lie
+/// between them; a lone point shows as a dot.
+fn line(svg: &mut String, points: &[(f64, f64)], r: (f64, f64), gap: f64) {
+    let mut d = String::new();
+    let mut prev: Option<f64> = None;
+    for &(x, v) in points {
+        let cmd = if prev.is_some_and(|px| x - px <= gap) { 'L' } else { 'M' };
+        let _ = write!(d, "{cmd}{x:.1} {:.1}", y(v, r));
+        prev = Some(x);
+    }
+    if !d.is_empty() {
+        let _ = write!(svg, "<path class=\"series\" d=\"{d}\"/>");
+    }
+    if points.len() < 3 {
+        for &(x, v) in points {
+            let _ = write!(svg, "<circle class=\"dot\" cx=\"{x:.1}\" cy=\"{:.1}\" r=\"4\"/>", y(v, r));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(m: i64, starts: u64, confirmed: u64) -> SeriesStep {
+        SeriesStep { start_minute: m, starts, confirmed, manual_review: 0 }
+    }
+
+    #[test]
+    fn failing_steps_are_marked_and_counted_in_the_text_alternative() {
+        let span = Span {
+            first_minute: 0,
+            now: UnixMicros::from_seconds(172_800.0),
+            soak_seconds: 172_800,
+            phase_started_at: 0.0,
+        };
+        let series = vec![step(0, 100, 99), step(30, 0, 0), step(60, 100, 90)];
+        let p = Panel {
+            title: "Success ratio",
+            part: |s| s.confirmed,
+            threshold: 0.97,
+            fails: |v, t| v < t,
+            floor: (0.9, 1.0),
+        };
+        let svg = panel(&series, &span, &p);
+        assert!(svg.contains("2 steps with starts, 1 of them beyond the 97% threshold"), "{svg}");
+        assert_eq!(svg.matches("class=\"fail-mark\"").count(), 1);
+        assert!(!svg.contains("phase start"), "a phase begun before the window is not drawn");
+        assert!(svg.contains("threshold 97%"));
+    }
+}

@@ -1,0 +1,127 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::config::{Links, RolloutConfig, Thresholds, Window};
+use crate::events::{CIRCUIT_OPEN, CONFIRMED, MANUAL_REVIEW, RETRY, START};
+use crate::rollout::{Flags, PhaseView};
+use crate::snapshot::{Happening, HappeningKind, Snapshot};
+use crate::tally::{SeriesStep, TallyView, Total, TypeCount, WindowView};
+use crate::time::UnixMicros;
+
+const NOW: f64 = 1_800_000_000.0;
+const SOAK: u64 = 172_800;
+
+fn cfg() -> RolloutConfig {
+    RolloutConfig {
+        flags_file: None,
+        environment: "staging<&>".into(),
+        phase_started_at: None,
+        thresholds: Thresholds::default(),
+        soak: Window { label: "48h".into(), seconds: SOAK },
+        active_within: Duration::from_secs(600),
+        circuit_hold: Duration::from_secs(300),
+        max_staleness: Some(Duration::from_secs(30)),
+        links: Links { grafana: Some("https://grafana.example/d/soak?orgId=1".into()), ..Links::default() },
+    }
+}
+
+fn count(et: &str, rows: u64) -> TypeCount {
+    TypeCount { event_type: et.into(), rows, without_reason: rows }
+}
+
+/// A soak 31 h 12 m in, with 12,345 starts, `confirmed` confirmed and 45 manual reviews.
+fn current(confirmed: u64, circuit: u64, reason: &str) -> Current {
+    let now = UnixMicros::from_seconds(NOW);
+    let mut snap = Snapshot { ready: true, generation: 7, ..Snapshot::default() };
+    snap.health.database_up = true;
+    snap.health.last_success = Some(now);
+    snap.health.fresh_at = Some(now.plus_us(-4_000_000));
+    snap.tally = TallyView {
+        now,
+        windows: vec![WindowView {
+            window: cfg().soak,
+            counts: vec![
+                count(START, 12_345),
+                count(CONFIRMED, confirmed),
+                count(MANUAL_REVIEW, 45),
+                count(CIRCUIT_OPEN, circuit),
+            ],
+        }],
+        totals: vec![
+            Total { event_type: RETRY.into(), reason: reason.into(), rows: 1_234_567 },
+            Total { event_type: RETRY.into(), reason: "rate_limited".into(), rows: 3 },
+        ],
+        series: (0..96)
+            .map(|i| SeriesStep {
+                start_minute: now.minute() - 2880 + i * 30,
+                starts: 130,
+                confirmed: 129,
+                manual_review: 0,
+            })
+            .collect(),
+        ..TallyView::default()
+    };
+    snap.journal = vec![Happening { at: now, kind: HappeningKind::CircuitTrip, text: format!("trip {reason}") }];
+    let full = Flags { v3: Some("true".into()), shadow: Some("false".into()), max_parallel: Some("3".into()) };
+    let phase = PhaseView { state: full.phase(), started_at: NOW - (31.0 * 3600.0 + 12.0 * 60.0) };
+    Current::at(Arc::new(snap), Arc::new(phase), Arc::new(cfg()), now)
+}
+
+#[test]
+fn strings_from_the_database_and_the_configuration_are_escaped() {
+    let html = page(&current(12_300, 0, "<script>alert(1)</script>"));
+    assert!(!html.contains("<script>alert"), "a reason became markup");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert_eq!(html.matches("<script>").count(), 1, "only the page's own refresh script");
+    assert!(html.contains("staging&lt;&amp;&gt;") && !html.contains("staging<&>"));
+}
+
+#[test]
+fn numbers_are_for_people() {
+    let html = page(&current(12_300, 0, "upstream_timeout"));
+    for expected in [
+        "12,300 of 12,345 confirmed",
+        "45 of 12,345 reviewed",
+        "1,234,567",
+        "99.6% <span",
+        "0.4% <span",
+        "31 h 12 m</b> of 48 h 0 m elapsed",
+        "16 h 48 m</b> remaining",
+        "PENDING</h1>",
+        "Pending because too early",
+        "80 more manual reviews would fail it.",
+        "lang=\"en\"",
+        "http-equiv=\"refresh\" content=\"10\"",
+    ] {
+        assert!(html.contains(expected), "missing {expected:?}");
+    }
+    assert!(!html.contains("172800") && !html.contains("0.996"), "raw seconds or ratios");
+    // The Grafana link is pinned to the phase: from its start to its due time, in milliseconds.
+    let from = (NOW - (31.0 * 3600.0 + 12.0 * 60.0)) as u64 * 1000;
+    assert!(html.contains(&format!("orgId=1&amp;from={from}&amp;to={}", from + SOAK * 1000)), "grafana link");
+}
+
+#[test]
+fn a_failing_criterion_says_fail_in_words_and_links_its_runbook_section() {
+    let html = page(&current(11_000, 2, "x"));
+    assert!(html.contains("\u{2717}</span> NO-GO</h1>"));
+    assert!(html.contains("Failing: Success ratio, No circuit-breaker trips."));
+    assert!(html.contains("docs/runbook.md#rolloutsoaksuccessratiobelowthreshold"));
+    assert!(html.contains("docs/runbook.md#rolloutcircuitbreakeropen"));
+    assert!(html.contains("Needs 32,489 more confirmed bookings in a row to pass."), "{html}");
+    assert!(html.contains("Error budget spent"));
+}
+
+#[test]
+fn stale_numbers_say_so() {
+    let mut cur = current(12_300, 0, "x");
+    let snap = Arc::make_mut(&mut cur.snapshot);
+    snap.health.database_up = false;
+    snap.health.fresh_at = Some(UnixMicros::from_seconds(NOW - 95.0));
+    let cur = Current::at(cur.snapshot.clone(), cur.phase.clone(), cur.rollout_config.clone(), cur.now);
+    let html = page(&cur);
+    assert!(html.contains("Stale: stale data"), "{html}");
+    assert!(html.contains("1 m 35 s ago"));
+    assert!(html.contains("DOWN: polls are failing"));
+}
