@@ -83,7 +83,7 @@ fn samples(mf: &MetricFamily, extra: &[(String, String)], at: UnixMicros, out: &
 
 /// Runs the backfill: one load, then every step rendered and streamed into per-family files.
 pub async fn run(cfg: &BackfillConfig) -> Result<u64, BackfillError> {
-    let source = PgSource::new(cfg.db.clone(), FollowConfig::replay(&cfg.tally, cfg.from, cfg.to))?;
+    let source = PgSource::new(cfg.db.clone(), FollowConfig::replay(&cfg.tally, cfg.from, cfg.to, true))?;
     let loading = super::progress::spinner("loading per-minute aggregates");
     let mut replay = Replay::load(source, cfg.tally.clone(), cfg.from).await?;
     loading.finish_and_clear();

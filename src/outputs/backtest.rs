@@ -14,7 +14,7 @@ use crate::source::SourceError;
 
 /// Every step's verdict, `from` to `to` inclusive.
 pub async fn run(cfg: &BacktestConfig) -> Result<Vec<Verdict>, SourceError> {
-    let source = PgSource::new(cfg.db.clone(), FollowConfig::replay(&cfg.tally, cfg.from, cfg.to))?;
+    let source = PgSource::new(cfg.db.clone(), FollowConfig::replay(&cfg.tally, cfg.from, cfg.to, false))?;
     let loading = super::progress::spinner("loading per-minute aggregates");
     let mut replay = Replay::load(source, cfg.tally.clone(), cfg.from).await?;
     loading.finish_and_clear();

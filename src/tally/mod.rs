@@ -283,14 +283,17 @@ impl Tally {
     pub fn rank_labels(&mut self, groups: &[Group], rows: &[Row]) {
         let mut per_type: HashMap<Option<&str>, u64> = HashMap::new();
         let mut per_reason: HashMap<RawPair<'_>, u64> = HashMap::new();
+        // Every row counts for its event type; a reason the source already folded into `other`
+        // (past `--reason-cap`, or a load that reads no reason texts) ranks no reason.
         let pairs = groups
             .iter()
-            .filter(|g| !g.folded)
-            .map(|g| (g.event_type.as_deref(), g.reason.as_deref(), g.count))
-            .chain(rows.iter().map(|r| (r.event_type.as_deref(), r.reason.as_deref(), 1)));
-        for (et, reason, n) in pairs {
+            .map(|g| (g.event_type.as_deref(), g.reason.as_deref(), g.count, g.folded))
+            .chain(rows.iter().map(|r| (r.event_type.as_deref(), r.reason.as_deref(), 1, false)));
+        for (et, reason, n, folded) in pairs {
             *per_type.entry(et).or_default() += n;
-            *per_reason.entry((et, reason)).or_default() += n;
+            if !folded {
+                *per_reason.entry((et, reason)).or_default() += n;
+            }
         }
         let mut types: Vec<_> = per_type.into_iter().collect();
         types.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));

@@ -148,6 +148,8 @@ pub struct LoadPlan {
     pub reason_cap: usize,
     /// As of this past instant (`verdict --at`): only rows created before it, nothing streamed.
     pub as_of: Option<UnixMicros>,
+    /// Read reason texts (false: `backtest`, whose verdicts use none; every reason counts as `other`).
+    pub reasons: bool,
 }
 
 /// What the start-up load found.
@@ -269,8 +271,9 @@ async fn load_groups(
     source: &str,
     bounds: (UnixMicros, UnixMicros),
     reason_cap: usize,
+    reasons: bool,
 ) -> Result<Vec<Group>, sqlx::Error> {
-    let query = sqlx::query(&q.load)
+    let query = sqlx::query(if reasons { &q.load } else { &q.load_lean })
         .persistent(false)
         .bind(source)
         .bind(bounds.0 .0)
@@ -592,7 +595,7 @@ async fn load_in(
     cfg: DatabaseConfig,
     plan: LoadPlan,
 ) -> Result<(Loaded, Probe, Arc<Queries>), SourceError> {
-    let LoadPlan { stream_back, longest_window, reason_cap, as_of: at } = plan;
+    let LoadPlan { stream_back, longest_window, reason_cap, as_of: at, reasons } = plan;
     let (mut tx, as_of) = begin_as_of(conn, &setup).await?;
     let now = match at {
         // As of a past instant: rows created before it, the windows ending at it.
@@ -619,7 +622,7 @@ async fn load_in(
     let rows_from = minute_start(now.minus(stream_back).minute());
     let horizon = minute_start(window_start_minute(now, longest_window));
     sqlx::query(LOAD_PLANNER_HINTS).persistent(false).execute(&mut *tx).await?;
-    let groups = load_groups(&mut tx, &q, &cfg.spec.source, (now, horizon), reason_cap).await?;
+    let groups = load_groups(&mut tx, &q, &cfg.spec.source, (now, horizon), reason_cap, reasons).await?;
     let rows = match at {
         Some(_) => Vec::new(),
         None => fetch_rows(&mut tx, &q, &q.rows_since, &cfg.spec.source, &[now], Some(MAX_AHEAD)).await?,

@@ -61,6 +61,8 @@ pub struct FollowConfig {
     pub reason_cap: usize,
     /// Load as of this past instant (`verdict --at`).
     pub as_of: Option<UnixMicros>,
+    /// Read reason texts (false for `backtest`: its verdicts need none).
+    pub reasons: bool,
 }
 
 impl FollowConfig {
@@ -76,6 +78,7 @@ impl FollowConfig {
             longest_window: cfg.tally.windows.iter().map(|w| w.seconds).max().unwrap_or(0),
             reason_cap: cfg.tally.reason_cap,
             as_of: None,
+            reasons: true,
         }
     }
 
@@ -92,15 +95,17 @@ impl FollowConfig {
             longest_window,
             reason_cap,
             as_of,
+            reasons: true,
         }
     }
 
     /// `backtest` and `backfill`: the load as of the last step `to`, its minutes reaching back to
-    /// the longest window of the first step `from`.
-    pub fn replay(tally: &crate::config::TallyConfig, from: UnixMicros, to: UnixMicros) -> Self {
+    /// the longest window of the first step `from`; reason texts only when `reasons` (backfill
+    /// exports the counters by reason, a backtest's verdicts read none).
+    pub fn replay(tally: &crate::config::TallyConfig, from: UnixMicros, to: UnixMicros, reasons: bool) -> Self {
         let span = ((to.0 - from.0) / 1_000_000) as u64;
         let longest = tally.windows.iter().map(|w| w.seconds).max().unwrap_or(tally.soak.seconds);
-        Self::one_load(longest + span + 60, tally.reason_cap, Some(to))
+        FollowConfig { reasons, ..Self::one_load(longest + span + 60, tally.reason_cap, Some(to)) }
     }
 
     /// `check`: the same start-up load as `verdict`, over 48 h, to count what it finds.
@@ -179,6 +184,7 @@ impl PgSource {
             longest_window: self.cfg.longest_window,
             reason_cap: self.cfg.reason_cap,
             as_of: self.cfg.as_of,
+            reasons: self.cfg.reasons,
         };
         let loaded = self.db.load(plan).await?;
         let follows = !self.cfg.stream_back.is_zero();

@@ -64,6 +64,8 @@ impl Default for Shape {
 pub struct Queries {
     pub(super) shape: Shape,
     pub(super) load: String,
+    /// The load without reason texts (`backtest`): reasons folded into `other`.
+    pub(super) load_lean: String,
     pub(super) rows_since: String,
     pub(super) rows_between: String,
     pub(super) minute_counts: String,
@@ -234,6 +236,34 @@ impl Sql<'_> {
         )
     }
 
+    /// The load for `backtest`, which judges the soak and reads no reason text: by event type,
+    /// whether `context->>'reason'` is NULL (the runbook's success test), the shape of context,
+    /// the time class and the minute; rows with a reason come out `folded` (summed into `other`).
+    /// No reason text is extracted, hashed or ranked, no example id is kept ($5 is unused).
+    fn load_lean(&self, since: &str) -> String {
+        let TableSpec { table, event_type: et, context: ctx, .. } = self.spec;
+        let t = self.typeof_fn();
+        format!(
+            "SELECT {et_out}, {null_out}, NULL::text, ct, class, {minute_us}, count(*)::int8, {last_us}, with_reason, \
+                    {null_out} \
+             FROM (SELECT {et}::text AS et, ({ctx} ->> 'reason') IS NOT NULL AS with_reason, {t}({ctx}) AS ct, {ca} AS ca, \
+                          {class} AS class, $5::int8 AS unused \
+                   FROM {table} WHERE {src} AND ({raw_ca} IS NULL OR {before}){since}) AS rows \
+             GROUP BY et, with_reason, ct, class, \
+                      CASE WHEN class = 0 AND ca >= {ts3} THEN date_bin({BIN_4}, ca, timestamptz 'epoch') END",
+            et_out = self.out("et"),
+            null_out = self.out("NULL::text"),
+            minute_us = us(&format!("CASE WHEN class = 0 AND ca >= {ts3} THEN date_bin({BIN_4}, ca, timestamptz 'epoch') END", ts3 = ts("$3"))),
+            last_us = us("max(ca) FILTER (WHERE class = 0)"),
+            ca = self.created(),
+            raw_ca = self.spec.created_at,
+            class = self.time_class(),
+            src = self.source_is_param(),
+            before = self.compare("<", &ts("$2")),
+            ts3 = ts("$3"),
+        )
+    }
+
     /// The start-up load for a text context column: the rows before $2 (and those without an
     /// instant) one by one, parsed and summed in Rust as they stream ($3 to $5 are unused).
     fn load_text(&self, since: &str) -> String {
@@ -264,6 +294,7 @@ impl Queries {
         let (from2, to3) = (sql.compare(">=", &ts("$2")), sql.compare("<", &ts("$3")));
         Queries {
             load: if shape.context == ContextColumn::Text { sql.load_text(&since) } else { sql.load(&since) },
+            load_lean: if shape.context == ContextColumn::Text { sql.load_text(&since) } else { sql.load_lean(&since) },
             // New rows: an index range scan on (source, created_at) from $2, at most $3 of them in
             // `created_at` order (a poll reads a burst page by page); cost proportional to the rows
             // returned (rows dated after the watermark come back every poll and are skipped as
