@@ -714,6 +714,11 @@ def measure_ours(args: argparse.Namespace, binary: str, cl: Cluster, db: str, si
         # recorded and reported (the run exits non-zero at the end), not a reason to stop measuring.
         sql_total = int(cl.one(f"SELECT count(*) FROM observability_events WHERE source = '{SOURCE}'", db))
         try:
+            # A burst is read in pages, back to back: wait (with a deadline) until the exporter has
+            # caught up, then it must be exact.
+            deadline = time.time() + 120
+            while ours.total() < sql_total and time.time() < deadline:
+                time.sleep(0.5)
             ours.wait_polls(ours.polls()[0], 1)
             if ours.total() != sql_total:
                 raise Fail(f"exporter counts {ours.total():.0f} coordinator rows, SQL {sql_total}")

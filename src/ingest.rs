@@ -73,7 +73,7 @@ impl Ingest {
     fn fold_poll(&mut self, mut batch: Batch, seconds: f64) -> usize {
         self.tally.advance(batch.now);
         for m in &batch.late {
-            self.tally.count_late_rows(m.minute, &m.rows);
+            self.tally.count_late_rows(m.second, &m.rows);
         }
         for m in &batch.replaced {
             self.tally.rebuild_minute(m.minute, &m.rows);

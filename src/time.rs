@@ -39,6 +39,11 @@ impl UnixMicros {
         self.0.div_euclid(MINUTE)
     }
 
+    /// The Unix second this instant falls in (floor, also before 1970).
+    pub fn second(self) -> i64 {
+        self.0.div_euclid(US_PER_SECOND)
+    }
+
     /// This instant moved by a signed number of microseconds, saturating.
     pub fn plus_us(self, us: i64) -> Self {
         UnixMicros(self.0.saturating_add(us))
@@ -53,6 +58,11 @@ impl UnixMicros {
     pub fn rfc3339(self) -> String {
         rfc3339(self.seconds())
     }
+}
+
+/// First instant of Unix second `s`.
+pub fn second_start(s: i64) -> UnixMicros {
+    UnixMicros(s.saturating_mul(US_PER_SECOND))
 }
 
 /// First instant of Unix minute `m`.

@@ -23,10 +23,10 @@ pub struct Batch {
     pub groups: Vec<Group>,
     /// Single rows counted for the first time (a source de-duplicates before it hands them over).
     pub rows: Vec<Row>,
-    /// Minutes below the watermark whose count grew (rows that committed after a poll passed their
-    /// `created_at`): every row of the minute below the watermark. The tally counts what they
+    /// Seconds below the watermark whose count grew (rows that committed after a poll passed their
+    /// `created_at`): every row of the second below the watermark. The tally counts what they
     /// hold beyond what was counted.
-    pub late: Vec<MinuteRows>,
+    pub late: Vec<SecondRows>,
     /// Minutes whose rows changed other than by new rows (deletions): every row the minute holds
     /// now. The window buckets of these minutes are rebuilt; the all-time counters stay.
     pub replaced: Vec<MinuteRows>,
@@ -35,10 +35,17 @@ pub struct Batch {
     /// The source is behind (a load's catch-up, or a burst read page by page): call
     /// [`Source::next`] again at once; the data is complete up to `now` only.
     pub more: bool,
-    /// The oldest Unix minute the source may still hand over again whole in `replaced` because
-    /// rows committed late; from it on it hands rows over one by one (None: it never re-reads).
-    /// After a load, the groups of these minutes only rank labels: their rows follow in polls.
+    /// The oldest Unix second the source may still hand over again in `late`; from it on it hands
+    /// rows over one by one (None: it never re-reads). A minute start after a load: the groups of
+    /// the minutes from it on only rank labels, their rows follow in polls.
     pub reread_from: Option<i64>,
+}
+
+/// The rows one Unix second holds below the watermark, read again.
+#[derive(Debug, Default)]
+pub struct SecondRows {
+    pub second: i64,
+    pub rows: Vec<Row>,
 }
 
 /// Every row one Unix minute holds now.

@@ -159,10 +159,10 @@ pub struct Tally {
     bookings: Bookings,
     /// The newest time the tally was advanced to; used to tell future-dated rows (0: not yet).
     now: UnixMicros,
-    /// Per Unix minute from [`Tally::reconcile_from`] on: the rows counted, by what they added.
-    /// Memory: minutes of the reconciliation range x label sets, never rows.
+    /// Per Unix second from [`Tally::reconcile_from`] on: the rows counted, by what they added.
+    /// Memory: seconds of the reconciliation range x label sets, never rows.
     recent: BTreeMap<i64, HashMap<RowKey, u64>>,
-    /// The oldest minute the source may still re-read (None: it never does; nothing is kept).
+    /// The oldest Unix second the source may still re-read (None: it never does; nothing is kept).
     recent_from: Option<i64>,
     /// Rows counted at or after the clock (`created_at`, Unix microseconds): added to `recent`
     /// when the clock passes them. As many as the source's rows ahead of its watermark.
@@ -171,7 +171,7 @@ pub struct Tally {
 
 /// What one counted row added: its labels, its malformed kinds (bits in [`Malformed::ALL`]
 /// order) and whether it lacked a booking id. Rows with the same key are interchangeable for
-/// every counter, so per-minute sums of keys tell exactly what a re-read minute adds.
+/// every counter, so per-second sums of keys tell exactly what a re-read second adds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct RowKey {
     event_type: String,
@@ -309,16 +309,17 @@ impl Tally {
     }
 
     /// Folds a start-up load: aggregates, and rows one by one. Labels are ranked over all of it.
-    /// Groups of minutes from `rows_from_minute` on are ranked only: the source hands their rows
+    /// Groups of minutes from `rows_from_second` (a minute start) on are ranked only: the source hands their rows
     /// over one by one in the polls that follow (the load's catch-up), and they count then.
-    pub fn fold_load(&mut self, groups: &[Group], rows: &mut [Row], rows_from_minute: Option<i64>) {
+    pub fn fold_load(&mut self, groups: &[Group], rows: &mut [Row], rows_from_second: Option<i64>) {
         self.rank_labels(groups, rows);
-        let before = |g: &&Group| match (g.minute, rows_from_minute) {
-            (Some(m), Some(from)) => m < from,
+        let secs_per_minute = crate::time::MINUTE / crate::time::US_PER_SECOND;
+        let before = |g: &&Group| match (g.minute, rows_from_second) {
+            (Some(m), Some(from)) => m * secs_per_minute < from,
             _ => true,
         };
         self.fold_groups(groups.iter().filter(before));
-        if let Some(from) = rows_from_minute {
+        if let Some(from) = rows_from_second {
             self.reconcile_from(from);
         }
         self.fold_rows(rows);
@@ -373,46 +374,47 @@ impl Tally {
         }
         if dated {
             self.bookings.observe(row.booking_id.as_deref(), &et, row.created_us, bookings::fingerprint(&row.id));
-            if self.recent_from.is_some_and(|from| at.minute() >= from) {
+            if self.recent_from.is_some_and(|from| at.second() >= from) {
                 let key = self.row_key(et, row);
-                // A row at or after the watermark joins its minute's sums when the clock passes it:
-                // until then a re-read of that minute does not reach it.
+                // A row at or after the watermark joins its second's sums when the clock passes it:
+                // until then a re-read of that second does not reach it.
                 if at >= self.now {
                     self.ahead.push((at.0, key));
                 } else {
-                    *self.recent.entry(at.minute()).or_default().entry(key).or_default() += 1;
+                    *self.recent.entry(at.second()).or_default().entry(key).or_default() += 1;
                 }
             }
         }
     }
 
-    /// From this Unix minute on, the source may re-read minutes ([`Tally::count_late_rows`]):
-    /// what the rows of each such minute added is kept; older minutes are forgotten. Moves forward only.
-    pub fn reconcile_from(&mut self, minute: i64) {
-        let from = self.recent_from.map_or(minute, |f| f.max(minute));
+    /// From this Unix second on, the source may re-read seconds ([`Tally::count_late_rows`]):
+    /// what the rows of each such second added is kept; older seconds are forgotten. Moves forward only.
+    pub fn reconcile_from(&mut self, second: i64) {
+        let from = self.recent_from.map_or(second, |f| f.max(second));
         self.recent_from = Some(from);
         self.recent = self.recent.split_off(&from);
     }
 
-    /// Rows of one minute below the watermark (`[minute start, min(minute end, watermark))`),
+    /// Rows of one Unix second below the watermark (`[second start, min(second end, watermark))`),
     /// re-read because the database holds more of them than were counted: they committed after
     /// a poll had passed their `created_at`. The counters and the window buckets get what the
     /// rows hold beyond what was counted, label set by label set, and the booking state machine
     /// the rows it has not seen (a tracked booking knows its last rows by fingerprint). Counters
     /// never go down: rows deleted meanwhile are left to [`Tally::rebuild_minute`]. The source
-    /// re-reads only minutes from [`Tally::reconcile_from`] on; an older minute changes nothing.
-    pub fn count_late_rows(&mut self, minute: i64, rows: &[Row]) {
-        if self.recent_from.is_none_or(|from| minute < from) {
-            tracing::debug!(minute, "late rows of a minute no longer re-readable: left to the window check");
+    /// re-reads only seconds from [`Tally::reconcile_from`] on; an older second changes nothing.
+    pub fn count_late_rows(&mut self, second: i64, rows: &[Row]) {
+        if self.recent_from.is_none_or(|from| second < from) {
+            tracing::debug!(second, "late rows of a second no longer re-readable: left to the window check");
             return;
         }
+        let minute = second.div_euclid(crate::time::MINUTE / crate::time::US_PER_SECOND);
         let mut now_held: HashMap<RowKey, (u64, Option<&str>)> = HashMap::new();
         for row in rows.iter().filter(|r| r.time == TimeClass::Dated) {
             let et = self.labels.event_type(row.event_type.as_deref());
             let e = now_held.entry(self.row_key(et, row)).or_insert((0, Some(&row.id)));
             e.0 += 1;
         }
-        let counted = self.recent.remove(&minute).unwrap_or_default();
+        let counted = self.recent.remove(&second).unwrap_or_default();
         for (key, (n, example)) in &now_held {
             let added = n.saturating_sub(counted.get(key).copied().unwrap_or(0));
             if added == 0 {
@@ -437,10 +439,10 @@ impl Tally {
                 self.bookings.observe_again(id, &et, row.created_us, bookings::fingerprint(&row.id));
             }
         }
-        self.recent.insert(minute, now_held.into_iter().map(|(k, (n, _))| (k, n)).collect());
+        self.recent.insert(second, now_held.into_iter().map(|(k, (n, _))| (k, n)).collect());
     }
 
-    /// What a counted row adds, as a key of the per-minute sums.
+    /// What a counted row adds, as a key of the per-second sums.
     fn row_key(&mut self, event_type: String, row: &Row) -> RowKey {
         let reason = self.labels.reason(&event_type, row.reason.as_deref());
         RowKey {
@@ -464,20 +466,22 @@ impl Tally {
             let et = self.labels.event_type(row.event_type.as_deref());
             self.add_bucket(&et, minute, 1, u64::from(row.reason.is_none()));
         }
-        if let Some(sums) = self.recent.get_mut(&minute) {
-            // Deleted rows: what the minute holds now is what a later re-read compares with.
-            sums.clear();
-            let rows: Vec<&Row> = rows.iter().filter(|r| r.time == TimeClass::Dated).collect();
-            let keys: Vec<RowKey> = rows
-                .iter()
-                .map(|r| {
-                    let et = self.labels.event_type(r.event_type.as_deref());
-                    self.row_key(et, r)
-                })
-                .collect();
-            let sums = self.recent.entry(minute).or_default();
-            for k in keys {
-                *sums.entry(k).or_default() += 1;
+        // Deleted rows: what the minute's re-readable seconds hold now is what a later re-read
+        // compares with.
+        let secs_per_minute = crate::time::MINUTE / crate::time::US_PER_SECOND;
+        let (first, last) = (minute * secs_per_minute, (minute + 1) * secs_per_minute);
+        if self.recent.range(first..last).next().is_some() {
+            let stale: Vec<i64> = self.recent.range(first..last).map(|(s, _)| *s).collect();
+            for s in stale {
+                self.recent.remove(&s);
+            }
+            for row in rows.iter().filter(|r| r.time == TimeClass::Dated) {
+                let at = UnixMicros(row.created_us);
+                if self.recent_from.is_some_and(|from| at.second() >= from) {
+                    let et = self.labels.event_type(row.event_type.as_deref());
+                    let key = self.row_key(et, row);
+                    *self.recent.entry(at.second()).or_default().entry(key).or_default() += 1;
+                }
             }
         }
     }
@@ -490,13 +494,13 @@ impl Tally {
                 std::mem::take(&mut self.ahead).into_iter().partition(|(at, _)| *at < self.now.0);
             self.ahead = ahead;
             for (at, key) in passed {
-                *self.recent.entry(UnixMicros(at).minute()).or_default().entry(key).or_default() += 1;
+                *self.recent.entry(UnixMicros(at).second()).or_default().entry(key).or_default() += 1;
             }
         }
         let horizon = self.horizon_minute(self.now);
         self.buckets = self.buckets.split_off(&horizon);
-        // A finished booking stays tracked while a minute of its rows may still be re-read.
-        let keep_from = self.recent_from.map(|m| m.saturating_mul(crate::time::MINUTE));
+        // A finished booking stays tracked while a second of its rows may still be re-read.
+        let keep_from = self.recent_from.map(|s| s.saturating_mul(crate::time::US_PER_SECOND));
         self.bookings.prune(self.now.0, keep_from);
     }
 
@@ -681,24 +685,24 @@ mod tests {
     }
 
     #[test]
-    fn a_re_read_minute_adds_only_the_rows_beyond_what_was_counted_and_never_replays_a_booking() {
+    fn a_re_read_second_adds_only_the_rows_beyond_what_was_counted_and_never_replays_a_booking() {
         let mut t = Tally::new(cfg());
-        let minute = UnixMicros(NOW).minute() - 3;
-        t.reconcile_from(minute - 10);
+        let second = UnixMicros(NOW).second() - 180;
+        t.reconcile_from(second - 600);
         t.advance(UnixMicros(NOW));
-        let at = minute * MINUTE;
+        let at = second * 1_000_000;
         let mut outcome = row("2", CONFIRMED, None, at + 2);
         outcome.booking_id = Some("b-1".into());
         let counted = vec![row("1", START, None, at + 1), outcome];
         t.fold_rows(&mut counted.clone());
-        // The same minute re-read with a late retry of booking 1 and a late start of booking 3.
+        // The same second re-read with a late retry of booking 1 and a late start of booking 3.
         let mut all = counted;
         all.push(row("3", START, None, at + 3));
         let mut retry = row("4", crate::events::RETRY, Some("slow"), at + 1);
         retry.booking_id = Some("b-1".into());
         all.push(retry);
-        t.count_late_rows(minute, &all);
-        t.count_late_rows(minute, &all); // twice: nothing more
+        t.count_late_rows(second, &all);
+        t.count_late_rows(second, &all); // twice: nothing more
         let v = t.view();
         assert_eq!(total(&v, START, ""), 2);
         assert_eq!(total(&v, CONFIRMED, ""), 1);
@@ -709,18 +713,18 @@ mod tests {
     }
 
     #[test]
-    fn a_row_ahead_of_the_clock_joins_its_minutes_sums_only_when_the_clock_passes_it() {
+    fn a_row_ahead_of_the_clock_joins_its_seconds_sums_only_when_the_clock_passes_it() {
         let mut t = Tally::new(cfg());
-        t.reconcile_from(UnixMicros(NOW).minute() - 10);
-        t.advance(UnixMicros(NOW));
-        let minute = UnixMicros(NOW).minute();
-        // Counted ahead of the watermark (a row dated 1 s after now).
-        t.fold_rows(&mut [row("ahead", START, None, NOW + 1_000_000)]);
-        // The minute re-read below the watermark holds one late row and not the ahead one.
-        t.count_late_rows(minute, &[row("late", START, None, NOW - 1)]);
+        let second = UnixMicros(NOW).second();
+        t.reconcile_from(second - 600);
+        t.advance(UnixMicros(NOW + 500_000));
+        // Counted ahead of the watermark, in the watermark's own second.
+        t.fold_rows(&mut [row("ahead", START, None, NOW + 700_000)]);
+        // The second re-read below the watermark holds one late row and not the ahead one.
+        t.count_late_rows(second, &[row("late", START, None, NOW + 100_000)]);
         assert_eq!(total(&t.view(), START, ""), 2);
-        t.advance(UnixMicros(NOW + 2_000_000));
-        t.count_late_rows(minute, &[row("late", START, None, NOW - 1), row("ahead", START, None, NOW + 1_000_000)]);
+        t.advance(UnixMicros(NOW + 800_000));
+        t.count_late_rows(second, &[row("late", START, None, NOW + 100_000), row("ahead", START, None, NOW + 700_000)]);
         assert_eq!(total(&t.view(), START, ""), 2, "the ahead row was counted once");
     }
 

@@ -23,7 +23,7 @@ use super::probe::{probe, Probe};
 use super::queries::{ContextColumn, Queries, Shape, BIN_SECONDS, LOAD_PLANNER_HINTS, NOW_US};
 use crate::config::DatabaseConfig;
 use crate::events::{Group, Row};
-use crate::time::{minute_start, window_start_minute, UnixMicros, MINUTE};
+use crate::time::{minute_start, window_start_minute, UnixMicros, MINUTE, US_PER_SECOND};
 
 /// A transaction's work: it owns the connection and hands it back with the result, so a
 /// deadline can drop both, and it borrows nothing from the caller (`Send`, `'static`).
@@ -171,9 +171,16 @@ pub struct Polled {
     pub now: UnixMicros,
     /// Replay lag on a hot standby, microseconds.
     pub lag_us: Option<i64>,
-    /// Rows per Unix minute of the checked range, as the database counts them.
-    pub counts: Vec<MinuteCount>,
+    /// Rows per Unix second of the checked range, as the database counts them.
+    pub counts: Vec<SecondCount>,
     pub rows: Vec<Row>,
+}
+
+/// Rows the database holds in one Unix second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecondCount {
+    pub second: i64,
+    pub rows: u64,
 }
 
 /// Rows the database holds in one Unix minute.
@@ -186,7 +193,7 @@ pub struct MinuteCount {
 /// What a poll asks for: the range whose rows are counted, and where to read rows from.
 #[derive(Debug, Clone, Copy)]
 pub struct PollPlan {
-    /// Count rows per minute in [count_from, count_to) (the overlap, or a reconciliation range).
+    /// Count rows per second in [count_from, count_to) (the overlap, or a reconciliation range).
     pub count_from: UnixMicros,
     pub count_to: UnixMicros,
     /// Read rows from here on, in `created_at` order...
@@ -409,11 +416,11 @@ impl Db {
                             .bind(&source)
                             .bind(plan.count_from.0)
                             .bind(plan.count_to.0)
-                            .bind(BIN_SECONDS)
+                            .bind(1.0f64)
                             .fetch_all(&mut *tx)
                             .await?
                             .into_iter()
-                            .map(|(m, n)| MinuteCount { minute: m.div_euclid(MINUTE), rows: n.max(0) as u64 })
+                            .map(|(s, n)| SecondCount { second: s.div_euclid(US_PER_SECOND), rows: n.max(0) as u64 })
                             .collect()
                     } else {
                         Vec::new()

@@ -81,18 +81,18 @@ impl Ahead {
         Sighting::New
     }
 
-    /// Forgets the rows the watermark has passed and returns how many each Unix minute gets: they
-    /// are now below it, where the per-minute counts account for them.
+    /// Forgets the rows the watermark has passed and returns their `created_at` (Unix
+    /// microseconds): they are now below it, where the counts per second and minute hold them.
     pub fn passed(&mut self, watermark: UnixMicros) -> Vec<i64> {
-        let mut minutes = Vec::new();
+        let mut passed = Vec::new();
         self.ids.retain(|_, created| {
             let below = *created < watermark.0;
             if below {
-                minutes.push(UnixMicros(*created).minute());
+                passed.push(*created);
             }
             !below
         });
-        minutes
+        passed
     }
 }
 
@@ -124,7 +124,7 @@ mod tests {
         assert_eq!(ahead.sight(&row(1, 10 * MINUTE)), Sighting::Counted);
         assert!(ahead.counted(&row(1, 10 * MINUTE)));
         assert!(ahead.passed(UnixMicros(10 * MINUTE)).is_empty(), "at the watermark it is still ahead");
-        assert_eq!(ahead.passed(UnixMicros(10 * MINUTE + 1)), vec![10]);
+        assert_eq!(ahead.passed(UnixMicros(10 * MINUTE + 1)), vec![10 * MINUTE]);
         assert_eq!(ahead.len(), 0);
     }
 

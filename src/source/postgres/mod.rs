@@ -9,10 +9,10 @@
 //! poll's database `now()`, never the newest `created_at`, so a future-dated row cannot hide later
 //! rows), at most [`PAGE_ROWS`] at a time in `created_at` order; a burst is read page by page,
 //! back to back. `created_at` is the writer's transaction start, so a row can commit after a poll
-//! passed its `created_at`: each poll counts the rows per whole minute of the overlap margin below
-//! the watermark with an index-only scan and compares them with what it handed over per minute. A
-//! minute whose count grew is read again whole, and the tally adds what it holds beyond what was
-//! counted, label set by label set ([`crate::tally::Tally::reconcile_minute`]). Every
+//! passed its `created_at`: each poll counts the rows per second of the overlap margin below the
+//! watermark with an index-only scan and compares them with what it handed over per second. A
+//! second whose count grew is read again up to the watermark, and the tally adds what it holds beyond what was
+//! counted, label set by label set ([`crate::tally::Tally::count_late_rows`]). Every
 //! `--reconcile-interval` the counted range reaches back `--reconcile-window`. The start-up load
 //! aggregates everything before the minute `stream_back` ago; the polls that follow catch up from
 //! there row by row (the booking state machine needs the rows), and the exporter is ready when
@@ -28,13 +28,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub use db::{Db, LoadPlan, SourceError};
-use db::{MinuteCount, PollPlan};
+use db::{PollPlan, SecondCount};
 use dedup::{Ahead, Sighting};
 
-use super::{Batch, BatchStats, MinuteRows, Source};
+use super::{Batch, BatchStats, MinuteRows, SecondRows, Source};
 use crate::config::{DatabaseConfig, ServeConfig, VerdictConfig};
 use crate::events::{Row, TimeClass};
-use crate::time::{minute_start, window_start_minute, UnixMicros};
+use crate::time::{minute_start, second_start, window_start_minute, UnixMicros};
 
 /// Rows a poll reads at most (about 3 MB): a burst is read in pages, back to back, so memory
 /// follows this bound, not the write rate.
@@ -120,10 +120,10 @@ impl FollowConfig {
     }
 }
 
-/// Minutes read again whole because their count grew.
+/// Seconds read again because their count grew.
 #[derive(Debug, Default)]
 struct Reread {
-    minutes: Vec<MinuteRows>,
+    seconds: Vec<SecondRows>,
     /// New rows inside the overlap margin, and older ones (reconciliation), by the counts.
     late: u64,
     reconciled: u64,
@@ -146,8 +146,11 @@ pub struct PgSource {
     caught_up: bool,
     last_reconcile: Instant,
     /// Dated rows handed over per Unix minute of the longest window, below the watermark: what
-    /// the per-minute counts are compared with.
+    /// the window check's per-minute counts are compared with.
     held: BTreeMap<i64, u64>,
+    /// The same per Unix second from the oldest second a poll may count again: what the polls'
+    /// per-second counts are compared with (a late row costs a second's rows, not a minute's).
+    held_recent: BTreeMap<i64, u64>,
     last_window_check: Instant,
 }
 
@@ -163,6 +166,7 @@ impl PgSource {
             caught_up: false,
             last_reconcile: Instant::now(),
             held: BTreeMap::new(),
+            held_recent: BTreeMap::new(),
             last_window_check: Instant::now(),
         })
     }
@@ -196,6 +200,7 @@ impl PgSource {
         self.last_reconcile = Instant::now();
         self.last_window_check = Instant::now();
         self.held.clear();
+        self.held_recent.clear();
         let before = self.rows_from.minute();
         for g in loaded.groups.iter().filter(|g| g.time == TimeClass::Dated) {
             if let Some(m) = g.minute.filter(|m| !follows || *m < before) {
@@ -213,35 +218,38 @@ impl PgSource {
             rows,
             stats,
             more: follows,
-            reread_from: follows.then_some(before),
+            reread_from: follows.then_some(self.rows_from.second()),
             ..Batch::default()
         })
     }
 
-    /// Minutes below the watermark whose database count exceeds what was handed over (rows that
+    /// Seconds below the watermark whose database count exceeds what was handed over (rows that
     /// committed after a poll passed their `created_at`), read again up to the watermark.
-    async fn late_minutes(&mut self, counts: &[MinuteCount], watermark: UnixMicros) -> Result<Reread, SourceError> {
+    async fn late_seconds(&mut self, counts: &[SecondCount], watermark: UnixMicros) -> Result<Reread, SourceError> {
         let mut out = Reread::default();
         let overlap_start = watermark.minus(self.cfg.overlap);
         for c in counts {
-            let held = self.held.get(&c.minute).copied().unwrap_or(0);
+            let held = self.held_recent.get(&c.second).copied().unwrap_or(0);
             if c.rows <= held {
                 continue;
             }
-            let rows = self.db.rows_between(minute_start(c.minute), minute_start(c.minute + 1).min(watermark)).await?;
-            if minute_start(c.minute + 1) > overlap_start {
+            let rows = self.db.rows_between(second_start(c.second), second_start(c.second + 1).min(watermark)).await?;
+            if second_start(c.second + 1) > overlap_start {
                 out.late += c.rows - held;
             } else {
                 out.reconciled += c.rows - held;
                 tracing::info!(
-                    minute = %minute_start(c.minute).rfc3339(),
+                    second = %second_start(c.second).rfc3339(),
                     rows = c.rows - held,
                     "reconciliation found rows committed after the overlap margin"
                 );
             }
             out.read += rows.len() as u64;
-            self.held.insert(c.minute, rows.iter().filter(|r| r.time == TimeClass::Dated).count() as u64);
-            out.minutes.push(MinuteRows { minute: c.minute, rows });
+            let now_held = rows.iter().filter(|r| r.time == TimeClass::Dated).count() as u64;
+            self.held_recent.insert(c.second, now_held);
+            let minute = self.held.entry(second_start(c.second).minute()).or_default();
+            *minute = (*minute + now_held).saturating_sub(held);
+            out.seconds.push(SecondRows { second: c.second, rows });
         }
         Ok(out)
     }
@@ -286,11 +294,11 @@ impl PgSource {
         let w = self.watermark.expect("the ingest loop polls only after a load");
         let reconcile = self.caught_up && self.last_reconcile.elapsed() >= self.cfg.reconcile_interval;
         let back = if reconcile { self.cfg.reconcile_window.max(self.cfg.overlap) } else { self.cfg.overlap };
-        // From a minute start, never below the rows handed over one by one.
+        // From a second start, never below the rows handed over one by one.
         let (count_from, count_to) =
-            if self.caught_up { (minute_start(w.minus(back).minute()).max(self.rows_from), w) } else { (w, w) };
+            if self.caught_up { (second_start(w.minus(back).second()).max(self.rows_from), w) } else { (w, w) };
         let polled = self.db.poll(PollPlan { count_from, count_to, rows_from: w, limit: PAGE_ROWS }).await?;
-        let late = self.late_minutes(&polled.counts, w).await?;
+        let late = self.late_seconds(&polled.counts, w).await?;
         if reconcile {
             self.last_reconcile = Instant::now();
         }
@@ -298,8 +306,9 @@ impl PgSource {
         let read = polled.rows.len() as u64;
         let (fresh, new_w) = self.page(polled.rows, w, now).await?;
         self.hold(&fresh, new_w);
-        for m in self.ahead.passed(new_w) {
-            *self.held.entry(m).or_default() += 1;
+        for at in self.ahead.passed(new_w) {
+            *self.held.entry(UnixMicros(at).minute()).or_default() += 1;
+            *self.held_recent.entry(UnixMicros(at).second()).or_default() += 1;
         }
         let replaced = if self.caught_up { self.window_check(w).await? } else { Vec::new() };
         let rebuilt_minutes = replaced.len() as u64;
@@ -316,12 +325,13 @@ impl PgSource {
         self.watermark = Some(new_w);
         self.held = self.held.split_off(&window_start_minute(new_w, self.cfg.longest_window));
         let keep_back = self.cfg.reconcile_window.max(self.cfg.overlap);
-        let reread_from = new_w.minus(keep_back).max(self.rows_from).minute();
+        let reread_from = new_w.minus(keep_back).max(self.rows_from).second();
+        self.held_recent = self.held_recent.split_off(&reread_from);
         Ok(Batch {
             now: new_w,
             groups: Vec::new(),
             rows: fresh,
-            late: late.minutes,
+            late: late.seconds,
             replaced,
             stats,
             more: !self.caught_up,
@@ -334,6 +344,7 @@ impl PgSource {
     fn hold(&mut self, rows: &[Row], watermark: UnixMicros) {
         for r in rows.iter().filter(|r| r.time == TimeClass::Dated && r.created_us < watermark.0) {
             *self.held.entry(UnixMicros(r.created_us).minute()).or_default() += 1;
+            *self.held_recent.entry(UnixMicros(r.created_us).second()).or_default() += 1;
         }
     }
 
