@@ -1,5 +1,5 @@
 //! The soak chart of the status page: inline SVG (nothing loaded), one panel per ratio, a point
-//! per step of [`TallyView::series`], the threshold as a dashed line, steps that fail it marked
+//! per step of [`crate::tally::series`], the threshold as a dashed line, steps that fail it marked
 //! with a cross (so colour is never the only signal), and the phase start when it is inside the
 //! window. Pure functions of the series.
 

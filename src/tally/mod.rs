@@ -81,7 +81,7 @@ pub struct MalformedCount {
     pub rows: u64,
 }
 
-/// Bookings of one step of the soak chart ([`TallyView::series`]).
+/// Bookings of one step of the soak chart ([`series`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SeriesStep {
     /// First Unix minute of the step.
@@ -94,6 +94,27 @@ pub struct SeriesStep {
 /// Steps of the soak chart: about 96 across the soak window, whole minutes (48 h: 30 minutes).
 pub fn series_step_minutes(soak_seconds: u64) -> i64 {
     ((soak_seconds / 60).div_ceil(96) as i64).max(1)
+}
+
+/// The soak window's starts, confirmations and manual reviews in chart steps of
+/// [`series_step_minutes`], oldest first, from the gate's per-minute counts
+/// ([`TallyView::soak_minutes`]) as of `now`; steps without bookings are zero.
+pub fn series(minutes: &[MinuteCounts], now: UnixMicros, soak_seconds: u64) -> Vec<SeriesStep> {
+    if now.0 == 0 {
+        return Vec::new();
+    }
+    let step = series_step_minutes(soak_seconds);
+    let (first, last) = (window_start_minute(now, soak_seconds), now.minute());
+    let mut out: Vec<SeriesStep> = (0..=(last - first).max(0) / step)
+        .map(|i| SeriesStep { start_minute: first + i * step, ..SeriesStep::default() })
+        .collect();
+    for m in minutes.iter().filter(|m| (first..=last).contains(&m.minute)) {
+        let p = &mut out[((m.minute - first) / step) as usize];
+        p.starts += m.starts;
+        p.confirmed += m.confirmed;
+        p.manual_review += m.manual_review;
+    }
+    out
 }
 
 /// The gate's counts in one minute of the soak window (only minutes holding at least one of them
@@ -131,9 +152,6 @@ pub struct TallyView {
     pub soak_minutes: Vec<MinuteCounts>,
     /// Rows of every event type created in the last `--active-within` (whole minutes, as windows).
     pub recent_events: u64,
-    /// The soak window in steps of [`series_step_minutes`], oldest first, aligned to the
-    /// window's first minute (the newest step may be shorter): what the status page charts.
-    pub series: Vec<SeriesStep>,
 }
 
 impl TallyView {
@@ -545,26 +563,6 @@ impl Tally {
         blocks
     }
 
-    /// The soak window's starts, confirmations and manual reviews in chart steps.
-    fn series(&self, seconds: u64) -> Vec<SeriesStep> {
-        let step = series_step_minutes(seconds);
-        let first = window_start_minute(self.now, seconds);
-        let last = self.now.minute();
-        let idx = |t: &str| self.type_index.get(t).copied();
-        let (s, c, m) = (idx(events::START), idx(events::CONFIRMED), idx(events::MANUAL_REVIEW));
-        let mut out: Vec<SeriesStep> = (0..=(last - first).max(0) / step)
-            .map(|i| SeriesStep { start_minute: first + i * step, ..SeriesStep::default() })
-            .collect();
-        let rows = |cells: &[Cell], i: Option<usize>| i.and_then(|i| cells.get(i)).map_or(0, |c| c.rows);
-        for (minute, cells) in self.buckets.range(first..=last) {
-            let p = &mut out[((minute - first) / step) as usize];
-            p.starts += rows(cells, s);
-            p.confirmed += rows(cells, c);
-            p.manual_review += rows(cells, m);
-        }
-        out
-    }
-
     /// The gate's counts per minute of the last `seconds`, minutes without any left out.
     fn gate_minutes(&self, seconds: u64) -> Vec<MinuteCounts> {
         let idx = |et: &str| self.type_index.get(et).copied();
@@ -604,7 +602,6 @@ impl Tally {
             error_blocks: self.error_blocks(self.cfg.soak.seconds),
             soak_minutes: self.gate_minutes(self.cfg.soak.seconds),
             recent_events: self.recent_rows(self.cfg.active_within.as_secs()),
-            series: if self.now.0 == 0 { Vec::new() } else { self.series(self.cfg.soak.seconds) },
         }
     }
 }
@@ -739,10 +736,11 @@ mod tests {
         ];
         t.fold_rows(&mut rows);
         let v = t.view();
+        let series = series(&v.soak_minutes, v.now, 172_800);
         assert_eq!(series_step_minutes(172_800), 30);
-        assert_eq!(v.series.len(), 97, "48 h in 30-minute steps, the newest partial");
-        assert_eq!(v.series.iter().map(|s| s.starts).sum::<u64>(), 2);
-        assert_eq!(v.series.iter().map(|s| s.confirmed).sum::<u64>(), 1);
-        assert!(v.series.windows(2).all(|w| w[1].start_minute - w[0].start_minute == 30));
+        assert_eq!(series.len(), 97, "48 h in 30-minute steps, the newest partial");
+        assert_eq!(series.iter().map(|s| s.starts).sum::<u64>(), 2);
+        assert_eq!(series.iter().map(|s| s.confirmed).sum::<u64>(), 1);
+        assert!(series.windows(2).all(|w| w[1].start_minute - w[0].start_minute == 30));
     }
 }

@@ -304,6 +304,7 @@ pub fn chart(cur: &Current) -> String {
         phase_started_at: cur.rollout.phase.started_at,
     };
     let step = crate::tally::series_step_minutes(cfg.soak.seconds);
+    let series = crate::tally::series(&tally.soak_minutes, tally.now, cfg.soak.seconds);
     let success = Panel {
         title: "Success ratio",
         part: |s| s.confirmed,
@@ -327,8 +328,8 @@ pub fn chart(cur: &Current) -> String {
         window = escape(&cfg.soak.label),
         s = percent(success.threshold, None),
         m = percent(review.threshold, None),
-        a = chart::panel(&tally.series, &span, &success),
-        b = chart::panel(&tally.series, &span, &review),
+        a = chart::panel(&series, &span, &success),
+        b = chart::panel(&series, &span, &review),
     )
 }
 

@@ -6,7 +6,7 @@ use crate::config::{Links, RolloutConfig, Thresholds, Window};
 use crate::events::{CIRCUIT_OPEN, CONFIRMED, MANUAL_REVIEW, RETRY, START};
 use crate::rollout::{Flags, PhaseView};
 use crate::snapshot::{Happening, HappeningKind, Snapshot};
-use crate::tally::{SeriesStep, TallyView, Total, TypeCount, WindowView};
+use crate::tally::{MinuteCounts, TallyView, Total, TypeCount, WindowView};
 use crate::time::UnixMicros;
 
 const NOW: f64 = 1_800_000_000.0;
@@ -52,12 +52,12 @@ fn current(confirmed: u64, circuit: u64, reason: &str) -> Current {
             Total { event_type: RETRY.into(), reason: reason.into(), rows: 1_234_567 },
             Total { event_type: RETRY.into(), reason: "rate_limited".into(), rows: 3 },
         ],
-        series: (0..96)
-            .map(|i| SeriesStep {
-                start_minute: now.minute() - 2880 + i * 30,
+        soak_minutes: (0..96)
+            .map(|i| MinuteCounts {
+                minute: now.minute() - 2880 + i * 30,
                 starts: 130,
                 confirmed: 129,
-                manual_review: 0,
+                ..MinuteCounts::default()
             })
             .collect(),
         ..TallyView::default()
