@@ -241,7 +241,12 @@ pub struct ServeArgs {
     /// Time between polls.
     #[arg(long, env = "POLL_INTERVAL", default_value = "5s")]
     pub poll_interval: String,
-    /// Margin below the previous poll's time that each poll checks (an indexed count per minute,
+    /// How far below the database's now() a poll stops reading rows (as Kafka Connect's JDBC
+    /// source `timestamp.delay.interval.ms`): a writer transaction that commits within it is never
+    /// late, so no second is read again for it. The numbers lag the table by this much more.
+    #[arg(long, env = "TIMESTAMP_DELAY", default_value = "1s")]
+    pub timestamp_delay: String,
+    /// Margin below the previous poll's time that each poll checks (an indexed count per second,
     /// rows re-read only where it differs), to count late commits exactly once.
     #[arg(long, env = "POLL_OVERLAP", default_value = "2m")]
     pub overlap: String,
@@ -504,6 +509,8 @@ pub struct ServeConfig {
     pub http: HttpConfig,
     pub db: DatabaseConfig,
     pub poll_interval: Duration,
+    /// `--timestamp-delay`: a poll reads rows up to the database's now() less this.
+    pub timestamp_delay: Duration,
     pub overlap: Duration,
     pub reconcile_interval: Duration,
     pub reconcile_window: Duration,
@@ -1003,6 +1010,10 @@ impl Command {
                 if overlap > Duration::from_secs(86_400) {
                     return Err(bad("--overlap", "must be at most 24h"));
                 }
+                let timestamp_delay = parse_duration("--timestamp-delay", &a.timestamp_delay)?;
+                if timestamp_delay > Duration::from_secs(60) {
+                    return Err(bad("--timestamp-delay", "must be at most 1m (the numbers lag the table by it)"));
+                }
                 let reconcile_interval = positive_duration("--reconcile-interval", &a.reconcile_interval)?;
                 let reconcile_window = parse_duration("--reconcile-window", &a.reconcile_window)?;
                 if reconcile_window < overlap || reconcile_window > Duration::from_secs(86_400) {
@@ -1017,6 +1028,7 @@ impl Command {
                     http,
                     db: a.db.validate()?,
                     poll_interval,
+                    timestamp_delay,
                     overlap,
                     reconcile_interval,
                     reconcile_window,

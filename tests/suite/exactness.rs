@@ -243,7 +243,13 @@ async fn reasons_beyond_the_cap_fold_into_other_and_the_sum_stays_exact() {
     app.ready().await;
     db.events().event_type("coordinator.retry").reason("brand_new").count(4).insert().await;
     db.events().event_type("coordinator.retry").reason("reason_0").count(2).insert().await;
-    app.wait_polls(2).await;
+    // 10 + 9 + ... + 5 at start-up, 6 after (past the timestamp delay).
+    wait_for("the new rows to be counted", Duration::from_secs(20), || async {
+        let t = app.scrape().await.totals();
+        let retries: u64 = t.iter().filter(|((et, _), _)| et == "coordinator.retry").map(|(_, n)| n).sum();
+        (retries == 45 + 6).then_some(())
+    })
+    .await;
     let s = app.scrape().await;
     let t = s.totals();
     // The three most frequent at start-up keep their labels.
@@ -279,16 +285,18 @@ async fn the_poll_query_is_an_index_range_scan() {
         rollout_exporter::source::postgres::FollowConfig::serve(&cfg),
     )
     .unwrap();
-    let sql = follower.db().queries().rows_since().to_string();
+    let sql = follower.db().queries().rows_page().to_string();
     let mut conn = db.pool.acquire().await.unwrap();
-    sqlx::raw_sql(&format!("PREPARE poll(text, int8, int8) AS {sql}")).execute(&mut *conn).await.unwrap();
+    sqlx::raw_sql(&format!("PREPARE poll(text, int8, int8, int8) AS {sql}")).execute(&mut *conn).await.unwrap();
     let lower_us = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap()
         - Duration::from_secs(135))
     .as_micros() as i64;
-    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE poll('{SOURCE}', {lower_us}, 10000)"))
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap();
+    let upper_us = lower_us + 135_000_000;
+    let plan: Vec<String> =
+        sqlx::query_scalar(&format!("EXPLAIN EXECUTE poll('{SOURCE}', {lower_us}, {upper_us}, 10000)"))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
     let text = plan.join("\n");
     assert!(
         text.contains("Index Scan using observability_events_source_created_at_idx"),
@@ -304,6 +312,7 @@ async fn a_poll_with_no_new_rows_reads_no_rows() {
     db.events().event_type("coordinator.start").count(500).within_last_secs(60).insert().await;
     let app = spawn_app(serve_config(&db.url, &[])).await;
     app.ready().await;
+    app.wait_totals_match(&db).await;
     app.wait_polls(1).await;
     let before = app.scrape().await.value("rollout_exporter_polled_rows_total", &[]);
     app.wait_polls(5).await;
@@ -472,8 +481,14 @@ async fn a_late_row_in_the_minute_of_a_future_dated_row_is_counted_once_and_the_
         .unwrap();
     // Committed while the first is open: a row dated a few seconds ahead (in the same or the next
     // minute), read and remembered before the late one commits.
+    let started = std::time::Instant::now();
     db.events().event_type("coordinator.retry").reason("slow").at("now() + interval '3 seconds'").insert().await;
     app.wait_totals_match(&db).await;
+    // Past the 1 s --timestamp-delay: the open transaction's row is now behind the watermark.
+    wait_for("the timestamp delay to pass", Duration::from_secs(10), || async {
+        (started.elapsed() > Duration::from_millis(2000)).then_some(())
+    })
+    .await;
     app.wait_polls(2).await;
     tx.commit().await.unwrap();
     let totals = app.wait_totals_match(&db).await;

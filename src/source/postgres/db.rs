@@ -171,9 +171,14 @@ pub struct Polled {
     pub now: UnixMicros,
     /// Replay lag on a hot standby, microseconds.
     pub lag_us: Option<i64>,
+    /// `now() - settle` (never below where the page starts): the page's upper bound.
+    pub upto: UnixMicros,
     /// Rows per Unix second of the checked range, as the database counts them.
     pub counts: Vec<SecondCount>,
+    /// At most `limit` rows of `[rows_from, upto)`, in `created_at` order.
     pub rows: Vec<Row>,
+    /// Rows dated at or after `now` (at most [`MAX_AHEAD`]), in `created_at` order.
+    pub ahead: Vec<Row>,
 }
 
 /// Rows the database holds in one Unix second.
@@ -196,8 +201,11 @@ pub struct PollPlan {
     /// Count rows per second in [count_from, count_to) (the overlap, or a reconciliation range).
     pub count_from: UnixMicros,
     pub count_to: UnixMicros,
-    /// Read rows from here on, in `created_at` order...
+    /// Read rows from here on, in `created_at` order, up to `now() - settle`...
     pub rows_from: UnixMicros,
+    pub settle: Duration,
+    /// ...but never less far than this (the load's `now()`: the catch-up reaches it).
+    pub at_least_to: UnixMicros,
     /// ...at most this many.
     pub limit: usize,
 }
@@ -250,8 +258,8 @@ async fn begin<'c>(
     Ok((tx, as_of.now.unwrap_or_default()))
 }
 
-/// Runs a row query with its microsecond bounds: `rows_between` with `[from, to)`, or
-/// `rows_since` with `from` and a row limit (`limit`).
+/// Runs a row query with its microsecond bounds and, for `rows_since` and `rows_page`, a row
+/// limit: `rows_between` and `rows_page` take `[from, to)`, `rows_since` `from`.
 async fn fetch_rows(
     tx: &mut Transaction<'_, Postgres>,
     q: &Queries,
@@ -401,8 +409,9 @@ impl Db {
         Ok(loaded)
     }
 
-    /// One poll, in one REPEATABLE READ snapshot: the database time, the rows per minute of the
-    /// checked range, and the rows from `plan.rows_from` on.
+    /// One poll, in one REPEATABLE READ snapshot: the database time, the rows per second of the
+    /// checked range, a page of the rows of `[plan.rows_from, now() - plan.settle)`, and the rows
+    /// dated at or after `now()`.
     pub async fn poll(&mut self, plan: PollPlan) -> Result<Polled, SourceError> {
         let (source, q, setup) = (self.cfg.spec.source.clone(), self.queries.clone(), self.setup(1, true));
         self.run(1, move |mut conn| {
@@ -425,10 +434,13 @@ impl Db {
                     } else {
                         Vec::new()
                     };
-                    let rows =
-                        fetch_rows(&mut tx, &q, &q.rows_since, &source, &[plan.rows_from], Some(plan.limit)).await?;
+                    // Up to now() - settle: a transaction that commits within the margin is never late.
+                    let upto = now.minus(plan.settle).max(plan.at_least_to.min(now)).max(plan.rows_from);
+                    let bounds = [plan.rows_from, upto];
+                    let rows = fetch_rows(&mut tx, &q, &q.rows_page, &source, &bounds, Some(plan.limit)).await?;
+                    let ahead = fetch_rows(&mut tx, &q, &q.rows_since, &source, &[now], Some(MAX_AHEAD)).await?;
                     tx.commit().await?;
-                    Ok::<_, SourceError>(Polled { now, lag_us: as_of.lag_us, counts, rows })
+                    Ok::<_, SourceError>(Polled { now, upto, lag_us: as_of.lag_us, counts, rows, ahead })
                 }
                 .await;
                 (conn, r)
@@ -535,10 +547,12 @@ async fn inspect_in(
         // Whether the poll CAN use the index: on a small table the planner rightly prefers a
         // sequential scan, which says nothing about the table the exporter will follow.
         sqlx::query("SELECT set_config('enable_seqscan', 'off', true)").persistent(false).execute(&mut *tx).await?;
-        let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", q.rows_since))
+        let now = as_of.now.unwrap_or_else(UnixMicros::now);
+        let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", q.rows_page))
             .persistent(false)
             .bind(&cfg.spec.source)
-            .bind(as_of.now.unwrap_or_else(UnixMicros::now).minus(Duration::from_secs(120)).0)
+            .bind(now.minus(Duration::from_secs(120)).0)
+            .bind(now.0)
             .bind(super::PAGE_ROWS as i64)
             .fetch_all(&mut *tx)
             .await?;

@@ -5,9 +5,10 @@
 //! - [`dedup`]: the few rows dated at or after the watermark, which the next poll reads again.
 //!
 //! Exactly-once, in memory that does not follow the table or the write rate: polls read disjoint
-//! ranges of `created_at`, `[watermark, now())` of their snapshot (the watermark is the previous
-//! poll's database `now()`, never the newest `created_at`, so a future-dated row cannot hide later
-//! rows), at most [`PAGE_ROWS`] at a time in `created_at` order; a burst is read page by page,
+//! ranges of `created_at`, `[watermark, now() - --timestamp-delay)` of their snapshot (the
+//! watermark is where the previous poll stopped, a database time, never the newest `created_at`,
+//! so a future-dated row cannot hide later rows; rows dated at or after `now()` are read apart and
+//! remembered by id), at most [`PAGE_ROWS`] at a time in `created_at` order; a burst is read page by page,
 //! back to back. `created_at` is the writer's transaction start, so a row can commit after a poll
 //! passed its `created_at`: each poll counts the rows per second of the overlap margin below the
 //! watermark with an index-only scan and compares them with what it handed over per second. A
@@ -28,7 +29,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub use db::{Db, LoadPlan, SourceError};
-use db::{PollPlan, SecondCount};
+use db::{PollPlan, Polled, SecondCount};
 use dedup::{Ahead, Sighting};
 
 use super::{Batch, BatchStats, MinuteRows, SecondRows, Source};
@@ -44,6 +45,9 @@ pub const PAGE_ROWS: usize = 10_000;
 #[derive(Debug, Clone)]
 pub struct FollowConfig {
     pub poll_interval: Duration,
+    /// `--timestamp-delay`: polls read rows up to the database's `now()` less this, so a writer
+    /// transaction that commits within it (the coordinator's take milliseconds) is never late.
+    pub timestamp_delay: Duration,
     /// Margin below the watermark checked by every poll.
     pub overlap: Duration,
     pub reconcile_interval: Duration,
@@ -70,6 +74,7 @@ impl FollowConfig {
     pub fn serve(cfg: &ServeConfig) -> Self {
         FollowConfig {
             poll_interval: cfg.poll_interval,
+            timestamp_delay: cfg.timestamp_delay,
             overlap: cfg.overlap,
             reconcile_interval: cfg.reconcile_interval,
             reconcile_window: cfg.reconcile_window,
@@ -87,6 +92,7 @@ impl FollowConfig {
     fn one_load(longest_window: u64, reason_cap: usize, as_of: Option<UnixMicros>) -> Self {
         FollowConfig {
             poll_interval: Duration::from_secs(1),
+            timestamp_delay: Duration::ZERO,
             overlap: Duration::ZERO,
             reconcile_interval: Duration::from_secs(60),
             reconcile_window: Duration::ZERO,
@@ -141,9 +147,12 @@ pub struct PgSource {
     watermark: Option<UnixMicros>,
     /// Rows from here on (a minute start) were handed over one by one: the oldest a re-read reaches.
     rows_from: UnixMicros,
-    /// The last poll read up to its `now()` (false while a load's catch-up or a burst is being read
-    /// page by page: then no counts are taken).
+    /// The last poll read up to its `now()` less the delay (false while a load's catch-up or a
+    /// burst is being read page by page: then no counts are taken).
     caught_up: bool,
+    /// The load's database `now()`: the catch-up reads at least up to it, so that ready means
+    /// every row the load saw is counted, as the `verdict` command counts them.
+    loaded_at: UnixMicros,
     last_reconcile: Instant,
     /// Dated rows handed over per Unix minute of the longest window, below the watermark: what
     /// the window check's per-minute counts are compared with.
@@ -164,6 +173,7 @@ impl PgSource {
             watermark: None,
             rows_from: UnixMicros(0),
             caught_up: false,
+            loaded_at: UnixMicros(0),
             last_reconcile: Instant::now(),
             held: BTreeMap::new(),
             held_recent: BTreeMap::new(),
@@ -197,6 +207,7 @@ impl PgSource {
         self.rows_from = if follows { loaded.rows_from } else { loaded.now };
         self.watermark = Some(self.rows_from);
         self.caught_up = false;
+        self.loaded_at = loaded.now;
         self.last_reconcile = Instant::now();
         self.last_window_check = Instant::now();
         self.held.clear();
@@ -254,37 +265,25 @@ impl PgSource {
         Ok(out)
     }
 
-    /// One page of new rows from the watermark: the rows below the new watermark, and those at or
-    /// after it that were not counted before. The new watermark is the poll's `now()` when the
+    /// The new rows of a poll: its page below the new watermark, and the rows dated at or after
+    /// `now()` that were not counted before. The new watermark is the page's upper bound when the
     /// page holds every row below it, else the `created_at` of the page's last row (or, when one
     /// instant holds more than a page, just past that instant, read whole).
-    async fn page(
-        &mut self,
-        rows: Vec<Row>,
-        w: UnixMicros,
-        now: UnixMicros,
-    ) -> Result<(Vec<Row>, UnixMicros), SourceError> {
+    async fn page(&mut self, polled: Polled, w: UnixMicros) -> Result<(Vec<Row>, UnixMicros), SourceError> {
         let instant = |r: &Row| if r.time == TimeClass::Dated { r.created_us } else { i64::MAX };
+        let Polled { rows, ahead, upto, .. } = polled;
         let last = rows.last().map(instant).unwrap_or(i64::MIN);
-        let (rows, new_w) = if rows.len() < PAGE_ROWS || last >= now.0 {
-            (rows, now)
+        let (rows, new_w) = if rows.len() < PAGE_ROWS {
+            (rows, upto)
         } else if last > w.0 {
             (rows.into_iter().filter(|r| instant(r) < last).collect(), UnixMicros(last))
         } else {
             let past = w.plus_us(1);
             (self.db.rows_between(w, past).await?, past)
         };
-        let mut fresh = Vec::with_capacity(rows.len());
-        for row in rows {
-            let new = if instant(&row) < new_w.0 {
-                self.ahead.is_empty() || !self.ahead.counted(&row)
-            } else {
-                self.ahead.sight(&row) == Sighting::New
-            };
-            if new {
-                fresh.push(row);
-            }
-        }
+        let mut fresh = Vec::with_capacity(rows.len() + ahead.len());
+        fresh.extend(rows.into_iter().filter(|row| self.ahead.is_empty() || !self.ahead.counted(row)));
+        fresh.extend(ahead.into_iter().filter(|row| self.ahead.sight(row) == Sighting::New));
         Ok((fresh, new_w))
     }
 
@@ -297,14 +296,22 @@ impl PgSource {
         // From a second start, never below the rows handed over one by one.
         let (count_from, count_to) =
             if self.caught_up { (second_start(w.minus(back).second()).max(self.rows_from), w) } else { (w, w) };
-        let polled = self.db.poll(PollPlan { count_from, count_to, rows_from: w, limit: PAGE_ROWS }).await?;
+        let plan = PollPlan {
+            count_from,
+            count_to,
+            rows_from: w,
+            settle: self.cfg.timestamp_delay,
+            at_least_to: self.loaded_at,
+            limit: PAGE_ROWS,
+        };
+        let polled = self.db.poll(plan).await?;
         let late = self.late_seconds(&polled.counts, w).await?;
         if reconcile {
             self.last_reconcile = Instant::now();
         }
-        let now = polled.now.max(w);
-        let read = polled.rows.len() as u64;
-        let (fresh, new_w) = self.page(polled.rows, w, now).await?;
+        let (now, lag_us) = (polled.now.max(w), polled.lag_us);
+        let read = (polled.rows.len() + polled.ahead.len()) as u64;
+        let (fresh, new_w) = self.page(polled, w).await?;
         self.hold(&fresh, new_w);
         for at in self.ahead.passed(new_w) {
             *self.held.entry(UnixMicros(at).minute()).or_default() += 1;
@@ -317,11 +324,11 @@ impl PgSource {
             late_rows: late.late,
             reconciled_rows: late.reconciled,
             tracked_ids: Some(self.ahead.len() as u64),
-            replica_lag_us: polled.lag_us,
+            replica_lag_us: lag_us,
             rebuilt_minutes,
             behind_us: now.0 - new_w.0,
         };
-        self.caught_up = new_w == now;
+        self.caught_up = new_w >= now.minus(self.cfg.timestamp_delay);
         self.watermark = Some(new_w);
         self.held = self.held.split_off(&window_start_minute(new_w, self.cfg.longest_window));
         let keep_back = self.cfg.reconcile_window.max(self.cfg.overlap);

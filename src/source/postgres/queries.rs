@@ -67,6 +67,7 @@ pub struct Queries {
     /// The load without reason texts (`backtest`): reasons folded into `other`.
     pub(super) load_lean: String,
     pub(super) rows_since: String,
+    pub(super) rows_page: String,
     pub(super) rows_between: String,
     pub(super) minute_counts: String,
 }
@@ -295,11 +296,15 @@ impl Queries {
         Queries {
             load: if shape.context == ContextColumn::Text { sql.load_text(&since) } else { sql.load(&since) },
             load_lean: if shape.context == ContextColumn::Text { sql.load_text(&since) } else { sql.load_lean(&since) },
-            // New rows: an index range scan on (source, created_at) from $2, at most $3 of them in
-            // `created_at` order (a poll reads a burst page by page); cost proportional to the rows
-            // returned (rows dated after the watermark come back every poll and are skipped as
-            // already counted).
+            // Rows dated from $2 (the database's now()) on, at most $3: the few a writer dated
+            // ahead; they come back every poll and are skipped as already counted.
             rows_since: format!("SELECT {columns} FROM {table} WHERE {src} AND {from2}{since} ORDER BY {ca} LIMIT $3"),
+            // New rows: an index range scan on (source, created_at) over [$2, $3), at most $4 of
+            // them in `created_at` order (a poll reads a burst page by page); cost proportional to
+            // the rows returned.
+            rows_page: format!(
+                "SELECT {columns} FROM {table} WHERE {src} AND {from2} AND {to3}{since} ORDER BY {ca} LIMIT $4"
+            ),
             // The rows of [$2, $3), for reconciliation.
             rows_between: format!(
                 "SELECT {columns} FROM {table} WHERE {src} AND {from2} AND {to3}{since} ORDER BY {ca}"
@@ -319,10 +324,10 @@ impl Queries {
         }
     }
 
-    /// The poll statement, for EXPLAIN in tests.
+    /// The poll's page statement, for EXPLAIN in tests.
     #[cfg(feature = "testing")]
-    pub fn rows_since(&self) -> &str {
-        &self.rows_since
+    pub fn rows_page(&self) -> &str {
+        &self.rows_page
     }
 }
 
