@@ -20,6 +20,9 @@ pub use journal::{Journal, Judge};
 
 /// First wait after a failed start-up load; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// A poll that read this many rows (a page of a burst, a re-read second) gives the memory it
+/// freed back to the kernel afterwards.
+const LARGE_BATCH_ROWS: u64 = 1_000;
 /// Longest wait between retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -159,6 +162,7 @@ pub async fn run<S: Source>(
                 let (groups, rows, more) = (batch.groups.len(), batch.rows.len(), batch.more);
                 let seconds = started.elapsed().as_secs_f64();
                 ingest.fold_load(cfg, batch, seconds);
+                crate::release_freed_memory();
                 tracing::info!(seconds, groups, rows, catching_up = more, "start-up load finished");
                 behind = more;
                 break;
@@ -196,7 +200,11 @@ pub async fn run<S: Source>(
                 }
                 failures = 0;
                 behind = batch.more;
+                let large = batch.stats.read_rows >= LARGE_BATCH_ROWS;
                 let n = ingest.fold_poll(batch, seconds);
+                if large {
+                    crate::release_freed_memory();
+                }
                 tracing::debug!(new_rows = n, behind, "poll");
             }
             Err(e) => {

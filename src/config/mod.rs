@@ -760,6 +760,10 @@ impl RolloutArgs {
             return Err(bad("--max-manual-review-ratio", "must be between 0 and 1"));
         }
         let min_starts: u64 = parse_num("--min-starts", &self.min_starts, "a whole number")?;
+        if min_starts == 0 {
+            // With no booking the ratios are undefined and would pass vacuously: "go" on no data.
+            return Err(bad("--min-starts", "must be at least 1: a soak without bookings shows nothing"));
+        }
         let confidence: f64 = parse_num("--confidence", &self.confidence, "a ratio")?;
         if !(confidence > 0.0 && confidence < 1.0) {
             return Err(bad("--confidence", "must be strictly between 0 and 1 (e.g. 0.95)"));

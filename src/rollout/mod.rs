@@ -577,6 +577,8 @@ fn fail_closed(verdict: &mut Verdict, f: &Freshness, max_staleness: Option<std::
     if let Some(reason) = reason {
         verdict.decision = Decision::Pending;
         verdict.decided = false;
+        // Nor a projection from numbers the gate does not trust.
+        verdict.projection = None;
         verdict.pending_reason = Some(reason);
     }
 }

@@ -446,3 +446,16 @@ fn config_injection_through_names_is_still_refused() {
         assert!(e.contains(flag), "{e}");
     }
 }
+
+#[test]
+fn min_starts_zero_is_refused_because_no_booking_would_pass_the_gate() {
+    let (code, _out, err) = crate::helpers::run_bin(&[
+        "verdict",
+        "--database-url",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+        "--min-starts",
+        "0",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--min-starts") && err.lines().count() == 1, "{err}");
+}
