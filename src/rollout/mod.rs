@@ -746,21 +746,19 @@ mod tests {
         PhaseState { phase: p, invalid_reasons: vec![], max_parallel: Some(3), flags: Flags::default() }
     }
 
+    /// The verdict of `ev` in phase full since t = 1000 s, over a 48 h window.
+    fn decide_full(ev: &Evidence, thresholds: Thresholds) -> Verdict {
+        let p = phase(Phase::Full);
+        let window = Window { label: "48h".into(), seconds: 172_800 };
+        let cx =
+            Context { environment: "staging", phase: &p, phase_started_at: Some(1000.0), window: &window, thresholds };
+        decide(ev, &cx)
+    }
+
     fn judge(starts: u64, confirmed: u64, manual: u64, elapsed: f64) -> Verdict {
         let now = UnixMicros::from_seconds(1000.0 + elapsed);
         let ev = Evidence { now, starts, confirmed, manual_review: manual, ..Default::default() };
-        let p = phase(Phase::Full);
-        let window = Window { label: "48h".into(), seconds: 172_800 };
-        decide(
-            &ev,
-            &Context {
-                environment: "staging",
-                phase: &p,
-                phase_started_at: Some(1000.0),
-                window: &window,
-                thresholds: Thresholds::default(),
-            },
-        )
+        decide_full(&ev, Thresholds::default())
     }
 
     #[test]
@@ -976,20 +974,7 @@ mod tests {
             confirmed: 980,
             ..Default::default()
         };
-        let p = phase(Phase::Full);
-        let window = Window { label: "48h".into(), seconds: 172_800 };
-        let at = |confidence: f64| {
-            decide(
-                &ev,
-                &Context {
-                    environment: "staging",
-                    phase: &p,
-                    phase_started_at: Some(1000.0),
-                    window: &window,
-                    thresholds: Thresholds { confidence, ..Thresholds::default() },
-                },
-            )
-        };
+        let at = |confidence: f64| decide_full(&ev, Thresholds { confidence, ..Thresholds::default() });
         let (loose, strict) = (at(0.5), at(0.999));
         assert_eq!(loose.criteria[0].evidence, Some(Strength::Conclusive));
         assert_eq!(strict.criteria[0].evidence, Some(Strength::Inconclusive));

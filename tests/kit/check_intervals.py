@@ -71,12 +71,8 @@ def main(r: k.Report) -> None:
         else:
             r.skip("Wilson intervals against scipy.stats", f"scipy not importable ({e}): run tests/kit/run.sh")
         return
-    binary = os.environ.get("ROLLOUT_EXPORTER_BIN", str(k.REPO / "target" / "debug" / "rollout-exporter"))
-    if not os.access(binary, os.X_OK):
-        if k.CI:
-            r.check(False, f"exporter binary {binary} exists (CI=true: the interval cross-check cannot be skipped)")
-        else:
-            r.skip("Wilson intervals against scipy.stats", f"{binary} not built")
+    binary = k.exporter_binary(r, "Wilson intervals against scipy.stats")
+    if binary is None:
         return
     if not r.tool("psql", "postgresql-client"):
         return

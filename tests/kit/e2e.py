@@ -13,7 +13,6 @@ thresholds equal the rules'.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.parse
@@ -30,12 +29,8 @@ def query(prom: str, expr: str) -> dict:
 
 
 def main(r: k.Report) -> None:
-    binary = os.environ.get("ROLLOUT_EXPORTER_BIN", str(k.REPO / "target" / "debug" / "rollout-exporter"))
-    if not os.access(binary, os.X_OK):
-        if k.CI:
-            r.check(False, f"exporter binary {binary} exists (CI=true: the live test cannot be skipped)")
-        else:
-            r.skip("live e2e", f"{binary} not built (set ROLLOUT_EXPORTER_BIN or cargo build)")
+    binary = k.exporter_binary(r, "live e2e")
+    if binary is None:
         return
     tools = [r.tool("prometheus", "prometheus"), r.tool("prometheus-alertmanager", "prometheus-alertmanager")]
     if not all(tools):

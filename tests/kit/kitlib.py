@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import pathlib
 import re
 import sys
@@ -27,6 +28,19 @@ RULE_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
 ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 RUNBOOK = REPO / "docs" / "runbook.md"
+
+
+def exporter_binary(r: Report, what: str) -> str | None:
+    """The exporter binary (ROLLOUT_EXPORTER_BIN, else target/debug), or None after reporting why
+    `what` cannot run: a failure with CI=true, a skip otherwise."""
+    binary = os.environ.get("ROLLOUT_EXPORTER_BIN", str(REPO / "target" / "debug" / "rollout-exporter"))
+    if os.access(binary, os.X_OK):
+        return binary
+    if CI:
+        r.check(False, f"exporter binary {binary} exists (CI=true: {what} cannot be skipped)")
+    else:
+        r.skip(what, f"{binary} not built (set ROLLOUT_EXPORTER_BIN or cargo build)")
+    return None
 
 
 def start_prometheus(procs: Processes, config_yaml: str, name: str = "prometheus",

@@ -287,16 +287,20 @@ async fn the_poll_query_is_an_index_range_scan() {
     .unwrap();
     let sql = follower.db().queries().rows_page().to_string();
     let mut conn = db.pool.acquire().await.unwrap();
-    sqlx::raw_sql(&format!("PREPARE poll(text, int8, int8, int8) AS {sql}")).execute(&mut *conn).await.unwrap();
+    sqlx::raw_sql(&format!("PREPARE poll(text, int8, int8, int8, int8, int8) AS {sql}"))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     let lower_us = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap()
         - Duration::from_secs(135))
     .as_micros() as i64;
     let upper_us = lower_us + 135_000_000;
-    let plan: Vec<String> =
-        sqlx::query_scalar(&format!("EXPLAIN EXECUTE poll('{SOURCE}', {lower_us}, {upper_us}, 10000)"))
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(&format!(
+        "EXPLAIN EXECUTE poll('{SOURCE}', {lower_us}, {upper_us}, 10000, {upper_us}, 10000)"
+    ))
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
     let text = plan.join("\n");
     assert!(
         text.contains("Index Scan using observability_events_source_created_at_idx"),

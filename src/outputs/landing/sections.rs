@@ -213,7 +213,7 @@ fn describe_other(c: &Criterion, cur: &Current) -> (String, String, String) {
         ),
         K::NoCircuitTrips => (
             format!("{} trip(s)", count(observed as u64)),
-            "none".to_string(),
+            "no trip allowed".to_string(),
             if c.pass {
                 "One trip would fail it.".to_string()
             } else {

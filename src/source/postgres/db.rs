@@ -22,7 +22,7 @@ use super::dedup::MAX_AHEAD;
 use super::probe::{probe, Probe};
 use super::queries::{ContextColumn, Queries, Shape, BIN_SECONDS, LOAD_PLANNER_HINTS, NOW_US};
 use crate::config::DatabaseConfig;
-use crate::events::{Group, Row};
+use crate::events::{Group, Row, TimeClass};
 use crate::time::{minute_start, window_start_minute, UnixMicros, MINUTE, US_PER_SECOND};
 
 /// A transaction's work: it owns the connection and hands it back with the result, so a
@@ -436,9 +436,25 @@ impl Db {
                     };
                     // Up to now() - settle: a transaction that commits within the margin is never late.
                     let upto = now.minus(plan.settle).max(plan.at_least_to.min(now)).max(plan.rows_from);
-                    let bounds = [plan.rows_from, upto];
-                    let rows = fetch_rows(&mut tx, &q, &q.rows_page, &source, &bounds, Some(plan.limit)).await?;
-                    let ahead = fetch_rows(&mut tx, &q, &q.rows_since, &source, &[now], Some(MAX_AHEAD)).await?;
+                    let raw = q.shape.raw_text;
+                    let all: Vec<Row> = sqlx::query(&q.rows_page)
+                        .persistent(false)
+                        .bind(&source)
+                        .bind(plan.rows_from.0)
+                        .bind(upto.0)
+                        .bind(plan.limit as i64)
+                        .bind(now.0)
+                        .bind(MAX_AHEAD as i64)
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(|r| decode::row(r, raw))
+                        .collect::<Result<_, _>>()?;
+                    // The two parts: the page (below `upto`, so below now) and the rows dated ahead.
+                    let (mut rows, mut ahead): (Vec<Row>, Vec<Row>) =
+                        all.into_iter().partition(|r| r.time == TimeClass::Dated && r.created_us < now.0);
+                    rows.sort_by_key(|r| r.created_us);
+                    ahead.sort_by_key(|r| if r.time == TimeClass::Dated { r.created_us } else { i64::MAX });
                     tx.commit().await?;
                     Ok::<_, SourceError>(Polled { now, upto, lag_us: as_of.lag_us, counts, rows, ahead })
                 }
@@ -554,6 +570,8 @@ async fn inspect_in(
             .bind(now.minus(Duration::from_secs(120)).0)
             .bind(now.0)
             .bind(super::PAGE_ROWS as i64)
+            .bind(now.0)
+            .bind(MAX_AHEAD as i64)
             .fetch_all(&mut *tx)
             .await?;
         poll_plan = lines.join("\n");

@@ -238,30 +238,31 @@ impl Sql<'_> {
     }
 
     /// The load for `backtest`, which judges the soak and reads no reason text: by event type,
-    /// whether `context->>'reason'` is NULL (the runbook's success test), the shape of context,
-    /// the time class and the minute; rows with a reason come out `folded` (summed into `other`).
-    /// No reason text is extracted, hashed or ranked, no example id is kept ($5 is unused).
+    /// whether `context->>'reason'` is NULL (the runbook's success test), the time class and the
+    /// minute; rows with a reason come out `folded` (summed into `other`). Nothing a verdict does
+    /// not read is computed per row: no reason text, context shape, newest `created_at` or example
+    /// id (the context comes out as an object; `$5` is unused).
     fn load_lean(&self, since: &str) -> String {
         let TableSpec { table, event_type: et, context: ctx, .. } = self.spec;
-        let t = self.typeof_fn();
+        let minute = format!(
+            "CASE WHEN class = 0 AND ca >= {ts3} THEN date_bin({BIN_4}, ca, timestamptz 'epoch') END",
+            ts3 = ts("$3")
+        );
         format!(
-            "SELECT {et_out}, {null_out}, NULL::text, ct, class, {minute_us}, count(*)::int8, {last_us}, with_reason, \
-                    {null_out} \
-             FROM (SELECT {et}::text AS et, ({ctx} ->> 'reason') IS NOT NULL AS with_reason, {t}({ctx}) AS ct, {ca} AS ca, \
+            "SELECT {et_out}, {null_out}, NULL::text, 'object'::text, class, {minute_us}, count(*)::int8, NULL::int8, \
+                    with_reason, {null_out} \
+             FROM (SELECT {et}::text AS et, ({ctx} ->> 'reason') IS NOT NULL AS with_reason, {ca} AS ca, \
                           {class} AS class, $5::int8 AS unused \
                    FROM {table} WHERE {src} AND ({raw_ca} IS NULL OR {before}){since}) AS rows \
-             GROUP BY et, with_reason, ct, class, \
-                      CASE WHEN class = 0 AND ca >= {ts3} THEN date_bin({BIN_4}, ca, timestamptz 'epoch') END",
+             GROUP BY et, with_reason, class, {minute}",
             et_out = self.out("et"),
             null_out = self.out("NULL::text"),
-            minute_us = us(&format!("CASE WHEN class = 0 AND ca >= {ts3} THEN date_bin({BIN_4}, ca, timestamptz 'epoch') END", ts3 = ts("$3"))),
-            last_us = us("max(ca) FILTER (WHERE class = 0)"),
+            minute_us = us(&minute),
             ca = self.created(),
             raw_ca = self.spec.created_at,
             class = self.time_class(),
             src = self.source_is_param(),
             before = self.compare("<", &ts("$2")),
-            ts3 = ts("$3"),
         )
     }
 
@@ -299,11 +300,16 @@ impl Queries {
             // Rows dated from $2 (the database's now()) on, at most $3: the few a writer dated
             // ahead; they come back every poll and are skipped as already counted.
             rows_since: format!("SELECT {columns} FROM {table} WHERE {src} AND {from2}{since} ORDER BY {ca} LIMIT $3"),
-            // New rows: an index range scan on (source, created_at) over [$2, $3), at most $4 of
-            // them in `created_at` order (a poll reads a burst page by page); cost proportional to
+            // The poll: new rows, an index range scan on (source, created_at) over [$2, $3), at most
+            // $4 of them in `created_at` order (a poll reads a burst page by page); cost proportional to
             // the rows returned.
+            // ... and, in the same statement (one round trip for an idle poll), the rows dated from
+            // $5 (the database's now()) on, at most $6.
             rows_page: format!(
-                "SELECT {columns} FROM {table} WHERE {src} AND {from2} AND {to3}{since} ORDER BY {ca} LIMIT $4"
+                "(SELECT {columns} FROM {table} WHERE {src} AND {from2} AND {to3}{since} ORDER BY {ca} LIMIT $4) \
+                 UNION ALL \
+                 (SELECT {columns} FROM {table} WHERE {src} AND {from5}{since} ORDER BY {ca} LIMIT $6)",
+                from5 = sql.compare(">=", &ts("$5")),
             ),
             // The rows of [$2, $3), for reconciliation.
             rows_between: format!(
