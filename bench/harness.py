@@ -979,7 +979,7 @@ def write_doc(path: Path, results: list[dict], mach: dict, cmd: str, started: st
         "",
         table(results),
         "",
-        "Targets of issue 6, at the largest size:",
+        "Targets (issues 6, 12 and 14), at the largest size:",
         "",
         "| target | measured | |",
         "|---|---|---|",
