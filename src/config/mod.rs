@@ -1018,6 +1018,13 @@ impl Command {
                 if timestamp_delay > Duration::from_secs(60) {
                     return Err(bad("--timestamp-delay", "must be at most 1m (the numbers lag the table by it)"));
                 }
+                if rollout.max_staleness.is_some_and(|max| max <= poll_interval + timestamp_delay) {
+                    return Err(bad(
+                        "--max-staleness",
+                        "must be longer than --poll-interval plus --timestamp-delay (the numbers are that old just \
+                         before each poll, so the gate would fail closed between polls)",
+                    ));
+                }
                 let reconcile_interval = positive_duration("--reconcile-interval", &a.reconcile_interval)?;
                 let reconcile_window = parse_duration("--reconcile-window", &a.reconcile_window)?;
                 if reconcile_window < overlap || reconcile_window > Duration::from_secs(86_400) {

@@ -61,10 +61,13 @@ impl Journal {
     pub fn observe(&mut self, snap: &Snapshot, phase: &PhaseView, cfg: &RolloutConfig, now: UnixMicros) {
         self.observe_database(snap.health.database_up, now);
         self.observe_phase(phase);
-        if snap.ready {
-            self.observe_circuit(snap, cfg, now);
-            self.observe_error_runs(snap, cfg);
+        // Before the first full load (and its catch-up) there is no decision to record: the
+        // first one is what the loaded data says.
+        if !snap.ready {
+            return;
         }
+        self.observe_circuit(snap, cfg, now);
+        self.observe_error_runs(snap, cfg);
         let fresh = Freshness {
             ready: snap.ready,
             database_up: snap.health.database_up,

@@ -261,7 +261,7 @@ def database_cases(r: k.Report, b: Browser, procs: k.Processes, binary: str, out
     flags.write_text(FLAGS)
     port, url = exporter(procs, binary, "serve", [
         "serve", "--database-url", cluster.url, "--flags-file", flags, "--phase-started-at", rfc3339(3 * 3600),
-        "--poll-interval", "1s", "--max-staleness", "3s"])
+        "--poll-interval", "1s", "--max-staleness", "5s"])
     page = b.open(url)
     r.run("real table: a circuit trip in the window is a decided NO-GO, with the SQL's numbers formatted",
           lambda: assert_page(page, port, ["NO-GO", "Failing: No circuit-breaker trips.",

@@ -459,3 +459,18 @@ fn min_starts_zero_is_refused_because_no_booking_would_pass_the_gate() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--min-starts") && err.lines().count() == 1, "{err}");
 }
+
+#[test]
+fn a_max_staleness_no_longer_than_a_poll_and_the_timestamp_delay_is_refused() {
+    let (code, _out, err) = crate::helpers::run_bin(&[
+        "serve",
+        "--database-url",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+        "--poll-interval",
+        "2s",
+        "--max-staleness",
+        "3s",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--max-staleness") && err.contains("--timestamp-delay"), "{err}");
+}
