@@ -10,6 +10,7 @@ use crate::config::{CheckConfig, CheckFormat};
 use crate::events::Malformed;
 use crate::source::postgres::db::Inspection;
 use crate::source::postgres::probe::Rls;
+use crate::source::postgres::queries::{ContextColumn, LOAD_SLICES};
 use crate::source::postgres::{FollowConfig, PgSource};
 use crate::source::SourceError;
 
@@ -263,10 +264,19 @@ async fn load_items(cfg: &CheckConfig, x: &Inspection, out: &mut Vec<Item>) {
         }
     };
     let rows: u64 = snapshot.tally.totals.iter().map(|t| t.rows).sum();
+    let how = match &x.shape {
+        Ok(s) if s.created_at_index && s.context != ContextColumn::Text => {
+            format!("read in {} time slices over the created_at index", 2 * LOAD_SLICES + 1)
+        }
+        Ok(s) if s.context == ContextColumn::Text => "read in one scan (a text context is parsed row by row)".into(),
+        _ => "read in one scan (no index serves created_at ranges)".into(),
+    };
     out.push(item(
         "start-up load",
         Status::Ok,
-        format!("{size}; {rows} rows of the source counted in {seconds:.2} s (serve's start takes about as long)"),
+        format!(
+            "{size}; {rows} rows of the source counted in {seconds:.2} s, {how} (serve's start takes about as long)"
+        ),
         None,
     ));
     if rows == 0 {

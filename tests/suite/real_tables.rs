@@ -1,6 +1,7 @@
 //! Tables shaped like real deployments (the kinds of ../shared/cases/field/): every row counted
 //! where docs/metrics.md places it or named as malformed, against the SQL truth.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -516,4 +517,98 @@ async fn a_storm_of_unique_reasons_starts_within_40_mib_and_the_sums_stay_exact(
         &format!("150,000 unique ~330-character reasons: peak RSS {} KiB", peak),
     );
     assert!(peak <= 40 * 1024, "peak RSS {peak} KiB > 40 MiB\n{}", exporter.stderr());
+}
+
+/// The series a start-up load decides (counters, windows, malformed rows, newest event), by name
+/// and labels.
+fn loaded_series(s: &Scrape) -> BTreeMap<(String, Vec<(String, String)>), f64> {
+    let families = [
+        "assignment_coordinator_events_total",
+        "assignment_coordinator_window_events",
+        "assignment_coordinator_last_event_timestamp_seconds",
+        "rollout_exporter_malformed_rows_total",
+    ];
+    s.series.iter().filter(|((n, _), _)| families.contains(&n.as_str())).map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+/// `check`'s account of how the start-up load reads the table.
+fn load_detail(url: &str) -> String {
+    let (code, out, err) = run_bin(&["check", "--database-url", url, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e} (exit {code}): {out}\n{err}"));
+    v["items"].as_array().unwrap().iter().find(|i| i["item"] == "start-up load").expect("a start-up load item")
+        ["detail"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// With the (source, created_at) index the start-up load reads the table in time slices (the
+/// parallel workers aggregate whole slices); without it, in one scan. Rows 15 days back, through
+/// the 48 h window and the minutes streamed after the load, without an instant, at +-infinity,
+/// with an array context and without an event type: both loads count them where SQL puts them,
+/// and agree to the last series. Rows sit 300 s off every window boundary (the windows are
+/// multiples of 600 s), so no row leaves a window while the test runs.
+#[tokio::test]
+async fn the_load_in_time_slices_and_in_one_scan_count_every_row_alike_and_as_sql() {
+    let db = TestDb::builder()
+        .schema(
+            "CREATE TABLE observability_events (id bigserial PRIMARY KEY, source text NOT NULL, event_type text,
+               context jsonb, created_at timestamptz DEFAULT now())",
+        )
+        .build()
+        .await;
+    sqlx::raw_sql(
+        "INSERT INTO observability_events (source, event_type, context, created_at)
+         SELECT 'assignment.coordinator',
+                CASE WHEN g % 211 = 0 THEN NULL ELSE (ARRAY['coordinator.start', 'coordinator.confirmed', 'coordinator.error', 'coordinator.retry'])[1 + g % 4] END,
+                CASE WHEN g % 97 = 0 THEN '[1, 2]'::jsonb
+                     WHEN g % 4 >= 2 THEN jsonb_build_object('booking_id', 'b' || g, 'reason', (ARRAY['db_timeout', 'upstream_5xx', 'no_driver'])[1 + g % 3])
+                     ELSE jsonb_build_object('booking_id', 'b' || g) END,
+                now() - (g * 600 + 300) * interval '1 second'
+         FROM generate_series(1, 2200) AS g;
+         INSERT INTO observability_events (source, event_type, context, created_at) VALUES
+           ('assignment.coordinator', 'coordinator.start', '{\"booking_id\": \"n1\"}', NULL),
+           ('assignment.coordinator', 'coordinator.start', '{\"booking_id\": \"n2\"}', NULL),
+           ('assignment.coordinator', 'coordinator.error', '{\"reason\": \"db_timeout\"}', '-infinity'),
+           ('assignment.coordinator', 'coordinator.start', '{}', 'infinity'),
+           ('booking.api', 'request', '{}', now() - interval '900 seconds');
+         ANALYZE observability_events",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let mut loaded = Vec::new();
+    for (sliced, how) in [(true, "time slices"), (false, "one scan")] {
+        if !sliced {
+            sqlx::raw_sql("DROP INDEX observability_events_source_created_at_idx").execute(&db.pool).await.unwrap();
+        }
+        let detail = load_detail(&db.url);
+        assert!(detail.contains(how), "{detail}");
+        let app = spawn_app(serve_config(&db.url, &[])).await;
+        app.ready().await;
+        // Right after ready, before any poll could add a row: what the load and its catch-up counted.
+        let s = app.scrape().await;
+        assert_eq!(s.totals(), db.sql_totals().await, "{how}");
+        for (window, secs) in [("1h", 3600), ("6h", 21600), ("48h", 172800)] {
+            let sql: Vec<(Option<String>, i64)> = sqlx::query_as(
+                "SELECT event_type, count(*) FROM observability_events
+                 WHERE source = 'assignment.coordinator' AND created_at >= now() - $1 * interval '1 second' GROUP BY 1",
+            )
+            .bind(secs as f64)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+            for (et, n) in sql.into_iter().filter_map(|(et, n)| et.map(|et| (et, n))) {
+                let got = s.value("assignment_coordinator_window_events", &[("window", window), ("event_type", &et)]);
+                assert_eq!(got, n as f64, "{how}: window {window}, {et}");
+            }
+        }
+        assert_eq!(malformed(&s, "created_at_null"), 2.0, "{how}");
+        assert_eq!(malformed(&s, "created_at_out_of_range"), 2.0, "{how}");
+        assert_eq!(malformed(&s, "event_type_null"), 10.0, "{how}");
+        loaded.push(loaded_series(&s));
+        app.stop().await;
+    }
+    assert!(loaded[0].len() > 20, "{:#?}", loaded[0]);
+    assert_eq!(loaded[0], loaded[1], "the sliced load and the single scan disagree");
 }

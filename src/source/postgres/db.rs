@@ -20,7 +20,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Transaction};
 use super::decode::{self, TextLoad};
 use super::dedup::MAX_AHEAD;
 use super::probe::{probe, Probe};
-use super::queries::{ContextColumn, Queries, Shape, BIN_SECONDS, LOAD_PLANNER_HINTS, NOW_US};
+use super::queries::{ContextColumn, Queries, Shape, BIN_SECONDS, LOAD_PLANNER_HINTS, LOAD_SLICED_HINTS, NOW_US};
 use crate::config::DatabaseConfig;
 use crate::events::{Group, Row, TimeClass};
 use crate::time::{minute_start, window_start_minute, UnixMicros, MINUTE, US_PER_SECOND};
@@ -288,16 +288,26 @@ async fn load_groups(
     reason_cap: usize,
     reasons: bool,
 ) -> Result<Vec<Group>, sqlx::Error> {
-    let query = sqlx::query(if reasons { &q.load } else { &q.load_lean })
+    let mut query = sqlx::query(if reasons { &q.load } else { &q.load_lean })
         .persistent(false)
         .bind(source)
         .bind(bounds.0 .0)
         .bind(bounds.1 .0)
         .bind(BIN_SECONDS)
         .bind(reason_cap as i64);
+    if let Some(oldest) = &q.oldest {
+        let oldest: Option<i64> =
+            sqlx::query_scalar(oldest).persistent(false).bind(source).bind(bounds.1 .0).fetch_one(&mut **tx).await?;
+        query = query.bind(oldest.map_or(bounds.1 .0, |o| o.min(bounds.1 .0)));
+    }
     let raw = q.shape.raw_text;
     if q.shape.context != ContextColumn::Text {
-        return query.fetch_all(&mut **tx).await?.iter().map(|r| decode::group(r, raw)).collect();
+        let mut groups = Vec::new();
+        let mut rows = query.fetch(&mut **tx);
+        while let Some(r) = rows.try_next().await? {
+            groups.push(decode::group(&r, raw)?);
+        }
+        return Ok(groups);
     }
     let mut sums = TextLoad::default();
     let mut rows = query.fetch(&mut **tx);
@@ -661,6 +671,9 @@ async fn load_in(
     let rows_from = minute_start(now.minus(stream_back).minute());
     let horizon = minute_start(window_start_minute(now, longest_window));
     sqlx::query(LOAD_PLANNER_HINTS).persistent(false).execute(&mut *tx).await?;
+    if q.oldest.is_some() {
+        sqlx::query(LOAD_SLICED_HINTS).persistent(false).execute(&mut *tx).await?;
+    }
     let groups = load_groups(&mut tx, &q, &cfg.spec.source, (now, horizon), reason_cap, reasons).await?;
     let rows = match at {
         Some(_) => Vec::new(),

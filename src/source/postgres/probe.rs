@@ -65,6 +65,11 @@ pub struct Probe {
     pub server_encoding: String,
     pub in_recovery: bool,
     pub zone: Zone,
+    /// A valid B-tree or BRIN index of the table (for a partitioned table, its partitioned index)
+    /// leads with `created_at`.
+    pub index_on_created_at: bool,
+    /// ... or leads with the source column and then `created_at` (deploy/sql/index.sql's).
+    pub index_on_source_created_at: bool,
 }
 
 /// The table's class, the role's rights on it, and the zone settings, in one statement. $1 is the
@@ -98,6 +103,20 @@ SELECT '\"' || replace(a.attname, '\"', '\"\"') || '\"', format_type(a.atttypid,
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
 
+/// Which indexes serve ranges of `created_at`: one leading with it, and one leading with the source
+/// column and then `created_at`. $1 the table, $2 the quoted source column, $3 the quoted
+/// `created_at`. Only valid B-tree and BRIN indexes without a predicate count (the planner may not
+/// use a partial index for every range).
+const PROBE_INDEX: &str = "\
+SELECT coalesce(bool_or(c0 = $3), false), coalesce(bool_or(c0 = $2 AND c1 = $3), false) \
+FROM (SELECT '\"' || replace(a0.attname, '\"', '\"\"') || '\"' AS c0, \
+             '\"' || replace(a1.attname, '\"', '\"\"') || '\"' AS c1 \
+      FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam \
+      LEFT JOIN pg_attribute a0 ON a0.attrelid = i.indrelid AND a0.attnum = i.indkey[0] \
+      LEFT JOIN pg_attribute a1 ON a1.attrelid = i.indrelid AND a1.attnum = i.indkey[1] \
+      WHERE i.indrelid = to_regclass($1) AND i.indisvalid AND i.indpred IS NULL \
+        AND am.amname IN ('btree', 'brin')) AS keys";
+
 fn decode_column(r: &PgRow) -> Result<Column, sqlx::Error> {
     Ok(Column {
         name: r.try_get(0)?,
@@ -126,6 +145,13 @@ pub async fn probe(conn: &mut PgConnection, spec: &TableSpec, zone_flag: Option<
         .iter()
         .map(decode_column)
         .collect::<Result<Vec<_>, _>>()?;
+    let (index_on_created_at, index_on_source_created_at): (bool, bool) = sqlx::query_as(PROBE_INDEX)
+        .persistent(false)
+        .bind(&spec.table)
+        .bind(&spec.source_column)
+        .bind(&spec.created_at)
+        .fetch_one(&mut *conn)
+        .await?;
     let setting = |i: usize| t.try_get::<Option<String>, _>(i);
     let zone = match zone_flag {
         Some(z) => Zone { name: z.to_string(), source: "--created-at-time-zone" },
@@ -157,6 +183,8 @@ pub async fn probe(conn: &mut PgConnection, spec: &TableSpec, zone_flag: Option<
         in_recovery: t.try_get(10)?,
         zone,
         columns,
+        index_on_created_at,
+        index_on_source_created_at,
     })
 }
 
@@ -219,7 +247,17 @@ impl Probe {
                 )))
             }
         };
-        Ok(Shape { source, context, timestamp_without_zone, raw_text: self.server_encoding == "SQL_ASCII" })
+        // Ranges of created_at are index scans (the source compared as text or as its enum, which
+        // the (source, created_at) index serves; as `source::text` it cannot).
+        let created_at_index =
+            self.index_on_created_at || (self.index_on_source_created_at && source != SourceMatch::AsText);
+        Ok(Shape {
+            source,
+            context,
+            timestamp_without_zone,
+            raw_text: self.server_encoding == "SQL_ASCII",
+            created_at_index,
+        })
     }
 }
 
