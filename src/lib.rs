@@ -63,7 +63,6 @@ pub fn init_logging(format: config::LogFormat) {
     };
 }
 
-/// Waits for `d`, or returns true early when shutdown is signalled.
 /// Hands memory freed after a large batch (a page of rows, a re-read second, the start-up load)
 /// back to the kernel: glibc keeps freed chunks in its arenas otherwise, and RSS stays at the
 /// burst's high-water mark although nothing holds the memory (bench/run.sh: after a
@@ -81,6 +80,7 @@ pub fn release_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn release_freed_memory() {}
 
+/// Waits for `d`, or returns true early when shutdown is signalled.
 pub async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     if *shutdown.borrow() {
         return true;

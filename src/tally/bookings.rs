@@ -23,14 +23,15 @@ const UNFINISHED_RETENTION_US: i64 = 24 * 3600 * 1_000_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Started,
-    Outcome(usize),
+    /// Index into [`OUTCOMES`] (a byte keeps [`Booking`] at 56 bytes).
+    Outcome(u8),
 }
 
 impl State {
     fn label(self) -> &'static str {
         match self {
             State::Started => "started",
-            State::Outcome(i) => OUTCOMES[i],
+            State::Outcome(i) => OUTCOMES[i as usize],
         }
     }
 }
@@ -72,11 +73,12 @@ pub fn rank(event_type: Option<&str>) -> u8 {
     }
 }
 
+/// One tracked booking: 56 bytes (64 with its key in the table).
 #[derive(Debug, Clone, Copy)]
 struct Booking {
     state: State,
-    /// When the booking's start was seen (None when it began with another event).
-    started_us: Option<i64>,
+    /// When the booking's start was seen, or [`NO_START`] when it began with another event.
+    started_us: i64,
     first_us: i64,
     last_us: i64,
     /// [`fingerprint`]s of the booking's last rows (0: none), newest at `fingerprints[0]`: a row
@@ -87,7 +89,14 @@ struct Booking {
 /// Rows remembered per tracked booking: a start, a retry or lock contention, and an outcome.
 const FINGERPRINTS: usize = 3;
 
+/// [`Booking::started_us`] of a booking whose start was not seen.
+const NO_START: i64 = i64::MIN;
+
 impl Booking {
+    fn started(&self) -> Option<i64> {
+        (self.started_us != NO_START).then_some(self.started_us)
+    }
+
     fn remember(&mut self, fp: u64) {
         self.fingerprints.rotate_right(1);
         self.fingerprints[0] = fp;
@@ -141,6 +150,8 @@ pub struct Bookings {
     time_to_outcome: [Histogram; 3],
     evicted: u64,
     max_tracked: usize,
+    /// The table has had room for `max_tracked` bookings (see [`Bookings::make_room`]).
+    full_size: bool,
     stuck_after_us: i64,
 }
 
@@ -154,6 +165,7 @@ impl Bookings {
             time_to_outcome: Default::default(),
             evicted: 0,
             max_tracked,
+            full_size: false,
             stuck_after_us: stuck_after.as_micros() as i64,
         }
     }
@@ -170,22 +182,25 @@ impl Bookings {
         match self.map.get_mut(&id) {
             None => {
                 let (state, started_us) = match step {
-                    Step::Start => (State::Started, Some(at_us)),
+                    Step::Start => (State::Started, at_us),
                     Step::Progress(_) => {
                         *self.invalid.entry(("none", step_label(step))).or_default() += 1;
-                        (State::Started, None)
+                        (State::Started, NO_START)
                     }
                     Step::Outcome(i) => {
                         *self.invalid.entry(("none", step_label(step))).or_default() += 1;
-                        (State::Outcome(i), None)
+                        (State::Outcome(i as u8), NO_START)
                     }
                 };
+                // Room first: the table never holds more than `max_tracked`.
+                self.evict_down_to(self.max_tracked.saturating_sub(1));
+                self.make_room();
                 self.order.push_back((at_us, id));
                 let mut b =
                     Booking { state, started_us, first_us: at_us, last_us: at_us, fingerprints: [0; FINGERPRINTS] };
                 b.remember(fp);
                 self.map.insert(id, b);
-                self.evict_over_cap();
+                self.full_size |= self.map.capacity() >= self.max_tracked;
             }
             Some(b) => {
                 b.last_us = b.last_us.max(at_us);
@@ -193,10 +208,10 @@ impl Bookings {
                 match (b.state, step) {
                     (State::Started, Step::Progress(_)) => {}
                     (State::Started, Step::Outcome(i)) => {
-                        if let Some(start) = b.started_us {
+                        if let Some(start) = b.started() {
                             self.time_to_outcome[i].observe(&OUTCOME_BUCKETS, (at_us - start).max(0) as f64 / 1e6);
                         }
-                        b.state = State::Outcome(i);
+                        b.state = State::Outcome(i as u8);
                     }
                     (from, to) => {
                         *self.invalid.entry((from.label(), step_label(to))).or_default() += 1;
@@ -227,13 +242,27 @@ impl Bookings {
         }
     }
 
-    fn evict_over_cap(&mut self) {
-        while self.map.len() > self.max_tracked {
+    /// Evicts the first-seen bookings until at most `limit` remain.
+    fn evict_down_to(&mut self, limit: usize) {
+        while self.map.len() > limit {
             let Some((first, id)) = self.order.pop_front() else { break };
             if self.map.get(&id).is_some_and(|b| b.first_us == first) {
                 self.map.remove(&id);
                 self.evicted += 1;
             }
+        }
+    }
+
+    /// A removed booking leaves a tombstone in the hash table, which uses up a free slot until the
+    /// table is rebuilt; when none is left the next insert grows the table, and at the table's
+    /// full size that doubles it (100,000 bookings: 21 MB besides the 10.6 MB being copied, which
+    /// a burst of new bookings reached, heaptrack). Once the table has had room for
+    /// `max_tracked`, it is rebuilt at that size instead (tombstones dropped; 8.5 MB at 100,000).
+    fn make_room(&mut self) {
+        if self.full_size && self.map.len() >= self.map.capacity() {
+            let mut fresh = HashMap::with_capacity(self.max_tracked);
+            fresh.extend(self.map.drain());
+            self.map = fresh;
         }
     }
 
@@ -253,7 +282,7 @@ impl Bookings {
         let stuck = self
             .map
             .values()
-            .filter(|b| b.state == State::Started && b.started_us.unwrap_or(b.first_us) < now_us - self.stuck_after_us)
+            .filter(|b| b.state == State::Started && b.started().unwrap_or(b.first_us) < now_us - self.stuck_after_us)
             .count() as u64;
         BookingsView {
             invalid: self
@@ -322,5 +351,24 @@ mod tests {
         assert_eq!((v.tracked, v.evicted), (2, 1));
         b.observe(None, START, S, 13);
         assert_eq!(b.view(S).without_booking, vec![WithoutBooking { event_type: START.to_string(), count: 1 }]);
+    }
+
+    #[test]
+    fn a_stream_of_new_bookings_past_the_cap_keeps_the_table_at_its_size() {
+        assert_eq!(std::mem::size_of::<Booking>(), 56);
+        let mut b = Bookings::new(1000, Duration::from_secs(900));
+        for i in 0..20_000i64 {
+            b.observe(Some(&format!("b{i}")), START, i * S, i as u64 + 1);
+            assert!(b.map.len() <= 1000);
+        }
+        // 1000 bookings fit 2048 buckets (room for 1792); doubled, the table would have room for 3584.
+        assert!(b.map.capacity() < 2048, "capacity {}", b.map.capacity());
+        let v = b.view(20_000 * S);
+        assert_eq!((v.tracked, v.evicted), (1000, 19_000));
+        // The newest are the ones tracked: b19999's confirmation is valid, b0's is not.
+        b.observe(Some("b19999"), CONFIRMED, 20_001 * S, 99_999);
+        b.observe(Some("b0"), CONFIRMED, 20_001 * S, 99_998);
+        let invalid: Vec<_> = b.view(20_002 * S).invalid.iter().map(|t| ((t.from, t.to), t.count)).collect();
+        assert_eq!(invalid, vec![(("none", "confirmed"), 1)]);
     }
 }
