@@ -328,6 +328,13 @@ impl Sql<'_> {
     fn load_sliced(&self, since: &str) -> String {
         let TableSpec { table, event_type: et, context: ctx, id, .. } = self.spec;
         let t = self.typeof_fn();
+        // jsonb: the key test spares most rows (those without a reason) a second lookup that
+        // copies the value out (7% of the statement at 10M rows); json has no `?`.
+        let reason_type = if self.shape.context == ContextColumn::Jsonb {
+            format!("CASE WHEN {ctx} ? 'reason' THEN {t}({ctx} -> 'reason') END")
+        } else {
+            format!("{t}({ctx} -> 'reason')")
+        };
         let branches: Vec<String> = self
             .slices()
             .into_iter()
@@ -337,7 +344,7 @@ impl Sql<'_> {
                         max(ca) FILTER (WHERE class = 0) AS last, \
                         min(id::text) FILTER (WHERE class <> 0 OR ct IS DISTINCT FROM 'object' OR et IS NULL) AS example \
                         FROM (SELECT {id} AS id, {et}::text AS et, ({ctx} ->> 'reason') AS reason, \
-                        {t}({ctx} -> 'reason') AS reason_type, {t}({ctx}) AS ct, {ca} AS ca, {class} AS class \
+                        {reason_type} AS reason_type, {t}({ctx}) AS ct, {ca} AS ca, {class} AS class \
                         FROM {table} WHERE {src} AND {range}{since}) AS rows \
                         GROUP BY 1, 2, 3, 4, 5, 6",
                     minute = Self::slice_minute(minutes),
