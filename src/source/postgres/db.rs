@@ -276,7 +276,13 @@ async fn fetch_rows(
         query = query.bind(limit as i64);
     }
     let raw = q.shape.raw_text;
-    query.fetch_all(&mut **tx).await?.iter().map(|r| decode::row(r, raw)).collect()
+    // Decoded as they arrive: the driver's rows are never all held beside the decoded ones.
+    let mut rows = Vec::new();
+    let mut stream = query.fetch(&mut **tx);
+    while let Some(r) = stream.try_next().await? {
+        rows.push(decode::row(&r, raw)?);
+    }
+    Ok(rows)
 }
 
 /// The load's aggregates: from SQL for a JSON context, summed from the row stream for a text one.
@@ -447,7 +453,10 @@ impl Db {
                     // Up to now() - settle: a transaction that commits within the margin is never late.
                     let upto = now.minus(plan.settle).max(plan.at_least_to.min(now)).max(plan.rows_from);
                     let raw = q.shape.raw_text;
-                    let all: Vec<Row> = sqlx::query(&q.rows_page)
+                    // The two parts, decoded as they arrive: the page (below `upto`, so below
+                    // now) and the rows dated ahead.
+                    let (mut rows, mut ahead) = (Vec::new(), Vec::new());
+                    let mut stream = sqlx::query(&q.rows_page)
                         .persistent(false)
                         .bind(&source)
                         .bind(plan.rows_from.0)
@@ -455,14 +464,16 @@ impl Db {
                         .bind(plan.limit as i64)
                         .bind(now.0)
                         .bind(MAX_AHEAD as i64)
-                        .fetch_all(&mut *tx)
-                        .await?
-                        .iter()
-                        .map(|r| decode::row(r, raw))
-                        .collect::<Result<_, _>>()?;
-                    // The two parts: the page (below `upto`, so below now) and the rows dated ahead.
-                    let (mut rows, mut ahead): (Vec<Row>, Vec<Row>) =
-                        all.into_iter().partition(|r| r.time == TimeClass::Dated && r.created_us < now.0);
+                        .fetch(&mut *tx);
+                    while let Some(r) = stream.try_next().await? {
+                        let row = decode::row(&r, raw)?;
+                        if row.time == TimeClass::Dated && row.created_us < now.0 {
+                            rows.push(row);
+                        } else {
+                            ahead.push(row);
+                        }
+                    }
+                    drop(stream);
                     rows.sort_by_key(|r| r.created_us);
                     ahead.sort_by_key(|r| if r.time == TimeClass::Dated { r.created_us } else { i64::MAX });
                     tx.commit().await?;
