@@ -180,3 +180,19 @@ async fn json_logs_are_one_object_per_line_and_the_url_can_come_from_a_file() {
     }
     assert!(logs.contains("start-up load finished"));
 }
+
+/// A database that does not exist refuses the connection (SQLSTATE 3D000) as an unreachable one
+/// does: `verdict` exits 4 (no decision could be reached), not 2 (a usage error), and `check`
+/// fails its connection item and exits 1.
+#[test]
+fn a_database_that_does_not_exist_is_unavailable_not_a_usage_error() {
+    let url = "postgres://postgres@127.0.0.1:5432/rex_no_such_database";
+    let (code, _, err) = run_bin(&["verdict", "--database-url", url]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    let (code, out, err) = run_bin(&["check", "--database-url", url, "--format", "json"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let conn = v["items"].as_array().unwrap().iter().find(|i| i["item"] == "connection").unwrap();
+    assert_eq!(conn["status"], "fail", "{conn}");
+}

@@ -91,7 +91,9 @@ impl From<sqlx::Error> for SourceError {
                     "42P01" | "42703" | "42883" | "42804" | "3F000" | "42501" => {
                         SourceError::Schema(format!("{msg} (SQLSTATE {code})"))
                     }
-                    c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("28") => {
+                    // connection_exception, operator_intervention (shutdown), invalid_authorization,
+                    // invalid_catalog_name (the database does not exist): the database refuses us.
+                    c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("28") || c.starts_with("3D") => {
                         SourceError::Connect(format!("{msg} (SQLSTATE {code})"))
                     }
                     _ => SourceError::Query(format!("{msg} (SQLSTATE {code})")),
