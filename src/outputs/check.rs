@@ -7,7 +7,6 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::config::{CheckConfig, CheckFormat};
-use crate::events::Malformed;
 use crate::source::postgres::db::Inspection;
 use crate::source::postgres::probe::Rls;
 use crate::source::postgres::queries::{ContextColumn, LOAD_SLICES};
@@ -286,7 +285,7 @@ async fn load_items(cfg: &CheckConfig, x: &Inspection, out: &mut Vec<Item>) {
         .tally
         .malformed
         .iter()
-        .filter(|m| m.rows > 0 && m.kind != Malformed::FutureDated)
+        .filter(|m| m.rows > 0)
         .map(|m| format!("{} {}", m.kind.label(), m.rows))
         .collect();
     out.push(if odd.is_empty() {

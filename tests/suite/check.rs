@@ -106,7 +106,9 @@ async fn check_warns_of_malformed_rows_a_guessed_zone_and_an_enum_without_the_so
     let ok = TestDb::new().await;
     sqlx::raw_sql(
         "INSERT INTO observability_events (source, event_type, context) VALUES
-           ('assignment.coordinator', NULL, '{}'), ('assignment.coordinator', 'coordinator.start', '[1]')",
+           ('assignment.coordinator', NULL, '{}'), ('assignment.coordinator', 'coordinator.start', '[1]');
+         INSERT INTO observability_events (source, event_type, context, created_at) VALUES
+           ('assignment.coordinator', 'coordinator.start', '{}', now() + interval '1 hour')",
     )
     .execute(&ok.pool)
     .await
@@ -115,6 +117,8 @@ async fn check_warns_of_malformed_rows_a_guessed_zone_and_an_enum_without_the_so
     assert_eq!(status(&items, "malformed rows"), "warn");
     let detail = items["malformed rows"]["detail"].as_str().unwrap();
     assert!(detail.contains("event_type_null 1") && detail.contains("context_not_object 1"), "{detail}");
+    // Rows dated ahead (a writer's clock) are a kind too.
+    assert!(detail.contains("future_dated 1"), "{detail}");
 }
 
 #[test]
