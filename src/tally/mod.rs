@@ -5,8 +5,8 @@
 //!   kept for the longest window only;
 //! - the newest `created_at` per event type;
 //! - the booking state machine ([`bookings`]);
-//! - for the minutes the source may still re-read (late commits), what each minute's rows added,
-//!   by label set: a re-read minute adds only the difference ([`Tally::reconcile_minute`]).
+//! - for the seconds the source may still re-read (late commits), what each second's rows added,
+//!   by label set: a re-read second adds only the difference ([`Tally::count_late_rows`]).
 //!
 //! The tally is owned by the ingest loop alone; outputs only ever see the immutable [`TallyView`]
 //! it produces. The `verdict` command builds a tally from the same start-up aggregates, so both

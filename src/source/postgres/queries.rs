@@ -46,7 +46,8 @@ pub struct Shape {
     pub timestamp_without_zone: bool,
     /// The server encoding is SQL_ASCII: text goes out as raw bytes and is decoded lossily.
     pub raw_text: bool,
-    /// An index serves ranges of `created_at` ([`super::probe::Probe::created_at_index`]): the
+    /// An index serves ranges of `created_at` ([`super::probe::Probe::index_on_created_at`], or
+    /// `index_on_source_created_at` with the source compared as text or its enum): the
     /// start-up load reads the table in time slices ([`LOAD_SLICES`]).
     pub created_at_index: bool,
 }
@@ -279,7 +280,8 @@ impl Sql<'_> {
     }
 
     /// Boundary `i` of `k` equal slices of `[lo, hi)` (bound parameters), in the column's type:
-    /// the ends exactly; between them `lo` plus whole seconds (no days, so no zone arithmetic),
+    /// the ends exactly; between them `lo` plus a fraction of the span in seconds (an interval of
+    /// seconds only: no days, so no zone arithmetic),
     /// which never decreases as `i` grows. Slice `i` ends where slice `i + 1` begins, in the
     /// same expression, so every row of `[lo, hi)` is in exactly one slice.
     fn boundary(&self, lo: &str, hi: &str, i: usize, k: usize) -> String {
