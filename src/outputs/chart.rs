@@ -56,27 +56,38 @@ fn range(points: &[(f64, f64)], p: &Panel<'_>) -> (f64, f64) {
     (lo.max(0.0), hi.min(1.0))
 }
 
-/// One panel as an `<svg>` element (with a text alternative).
+/// One panel as an `<svg>` element (with a text alternative). The step that holds `now` is still
+/// filling (bookings started in it may not have ended yet, so its success ratio reads low): it is
+/// drawn as an open circle, apart from the line, never marked as failing and left out of the y
+/// range (clamped to the plot area; its exact value is in its tooltip).
 pub fn panel(series: &[SeriesStep], span: &Span, p: &Panel<'_>) -> String {
     let step_s = series_step_minutes(span.soak_seconds) as f64 * 60.0;
-    let points: Vec<(f64, f64)> = series
-        .iter()
-        .filter(|s| s.starts > 0)
-        .map(|s| {
-            let mid = (minute_start(s.start_minute).seconds() + step_s / 2.0).min(span.now.seconds());
-            (span.x(mid), (p.part)(s) as f64 / s.starts as f64)
-        })
-        .collect();
+    let mut points: Vec<(f64, f64)> = Vec::new();
+    let mut open: Option<(f64, f64, u64)> = None;
+    for s in series.iter().filter(|s| s.starts > 0) {
+        let start = minute_start(s.start_minute).seconds();
+        let mid = (start + step_s / 2.0).min(span.now.seconds());
+        let v = (p.part)(s) as f64 / s.starts as f64;
+        if start + step_s > span.now.seconds() {
+            open = Some((span.x(mid), v, s.starts));
+        } else {
+            points.push((span.x(mid), v));
+        }
+    }
     let r = range(&points, p);
     let failing = points.iter().filter(|q| (p.fails)(q.1, p.threshold)).count();
     let mut svg = String::new();
     let _ = write!(
         svg,
-        "<svg viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{title}: {n} steps with starts, {failing} of them \
-         beyond the {t} threshold\" preserveAspectRatio=\"xMidYMid meet\">",
+        "<svg viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{title}: {n} complete steps with starts, {failing} of them \
+         beyond the {t} threshold{current}\" preserveAspectRatio=\"xMidYMid meet\">",
         title = p.title,
         n = points.len(),
         t = percent(p.threshold, None),
+        current = match open {
+            Some((_, v, _)) => format!("; the current step, still filling, at {} so far", percent(v, None)),
+            None => String::new(),
+        },
     );
     axes(&mut svg, span, r);
     let ty = y(p.threshold, r);
@@ -91,6 +102,16 @@ pub fn panel(series: &[SeriesStep], span: &Span, p: &Panel<'_>) -> String {
     for &(x, v) in points.iter().filter(|q| (p.fails)(q.1, p.threshold)) {
         let yy = y(v, r);
         let _ = write!(svg, "<path class=\"fail-mark\" d=\"M{:.1} {:.1}l8 8m0 -8l-8 8\"/>", x - 4.0, yy - 4.0);
+    }
+    if let Some((x, v, starts)) = open {
+        let _ = write!(
+            svg,
+            "<circle class=\"open-dot\" cx=\"{x:.1}\" cy=\"{:.1}\" r=\"4\"><title>current step, still filling: \
+             {} of {} starts so far</title></circle>",
+            y(v, r).clamp(Y0, Y1),
+            percent(v, None),
+            crate::human::count(starts),
+        );
     }
     svg.push_str("</svg>");
     svg
@@ -176,7 +197,9 @@ mod tests {
             soak_seconds: 172_800,
             phase_started_at: 0.0,
         };
-        let series = vec![step(0, 100, 99), step(30, 0, 0), step(60, 100, 90)];
+        // The last step (minutes 2880..2910) holds `now` and is still filling: drawn open, never
+        // marked, even at 50%.
+        let series = vec![step(0, 100, 99), step(30, 0, 0), step(60, 100, 90), step(2880, 2, 1)];
         let p = Panel {
             title: "Success ratio",
             part: |s| s.confirmed,
@@ -185,7 +208,12 @@ mod tests {
             floor: (0.9, 1.0),
         };
         let svg = panel(&series, &span, &p);
-        assert!(svg.contains("2 steps with starts, 1 of them beyond the 97% threshold"), "{svg}");
+        assert!(
+            svg.contains("2 complete steps with starts, 1 of them beyond the 97% threshold; the current step, still filling, at 50% so far"),
+            "{svg}"
+        );
+        assert_eq!(svg.matches("class=\"open-dot\"").count(), 1);
+        assert!(svg.contains("50% of 2 starts so far"), "{svg}");
         assert_eq!(svg.matches("class=\"fail-mark\"").count(), 1);
         assert!(!svg.contains("phase start"), "a phase begun before the window is not drawn");
         assert!(svg.contains("threshold 97%"));

@@ -322,7 +322,8 @@ pub fn chart(cur: &Current) -> String {
     format!(
         "<section aria-labelledby=\"chart\"><h2 id=\"chart\">The last {window}, per {step} minutes</h2>\
          <p class=\"muted\">One point per {step} minutes with bookings; the dashed line is the threshold, \
-         a cross marks a step beyond it.</p><div class=\"charts\">\
+         a cross marks a step beyond it; the open circle is the current {step} minutes, still filling \
+         (bookings started in it may not have ended yet), and is not judged.</p><div class=\"charts\">\
          <figure><figcaption>Success ratio (at least {s})</figcaption>{a}</figure>\
          <figure><figcaption>Manual-review ratio (below {m})</figcaption>{b}</figure></div></section>",
         window = escape(&cfg.soak.label),

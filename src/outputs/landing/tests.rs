@@ -4,7 +4,7 @@ use std::time::Duration;
 use super::*;
 use crate::config::{Links, RolloutConfig, Thresholds, Window};
 use crate::events::{CIRCUIT_OPEN, CONFIRMED, MANUAL_REVIEW, RETRY, START};
-use crate::rollout::{Flags, PhaseView};
+use crate::rollout::{CriterionKind as K, Flags, PhaseView};
 use crate::snapshot::{Happening, HappeningKind, Snapshot};
 use crate::tally::{MinuteCounts, TallyView, Total, TypeCount, WindowView};
 use crate::time::UnixMicros;
@@ -124,4 +124,42 @@ fn stale_numbers_say_so() {
     assert!(html.contains("Stale: stale data"), "{html}");
     assert!(html.contains("1 m 35 s ago"));
     assert!(html.contains("DOWN: polls are failing"));
+}
+
+/// GitHub's anchor of a Markdown heading: lower case, spaces to hyphens, other punctuation dropped.
+fn github_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_runbook_link_of_the_page_names_a_section_of_docs_runbook_md() {
+    let anchors: Vec<String> = include_str!("../../../docs/runbook.md")
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(github_anchor)
+        .collect();
+    let kinds = [
+        K::SuccessRatio,
+        K::ManualReviewRatio,
+        K::NoSustainedErrors,
+        K::NoCircuitTrips,
+        K::PhaseFull,
+        K::SoakElapsed,
+        K::MinStarts,
+    ];
+    let mut linked: Vec<&str> = kinds.iter().filter_map(|&k| sections::runbook_anchor(k)).collect();
+    // The freshness section's links (database down, polls stale).
+    linked.extend(["rolloutexporterdatabasedown", "rolloutexporterpollsstale"]);
+    for a in linked {
+        assert!(anchors.iter().any(|h| h == a), "#{a} is no heading of docs/runbook.md: {anchors:?}");
+    }
 }
