@@ -364,6 +364,9 @@ fn check_param_value(key: &str, value: &str, after_password: bool) -> Result<(),
         "port" => value.parse::<u16>().is_ok(),
         "hostaddr" => value.parse::<std::net::IpAddr>().is_ok(),
         "statement-cache-capacity" => value.parse::<usize>().is_ok(),
+        // A file sqlx reads only when it connects ("No such file or directory (os error 2)", with
+        // no name); inline PEM (sqlx takes it too) is not a path.
+        k if is_tls_file_param(k) => value.starts_with("-----BEGIN") || std::path::Path::new(value).is_file(),
         _ => true,
     };
     if valid {
@@ -376,8 +379,16 @@ fn check_param_value(key: &str, value: &str, after_password: bool) -> Result<(),
         "sslmode" | "ssl-mode" => format!("sslmode {value:?} is not one of {}", SSL_MODES.join(", ")),
         "port" => format!("port {value:?} is not a port number"),
         "hostaddr" => format!("hostaddr {value:?} is not an IP address"),
+        k if is_tls_file_param(k) => {
+            format!("{key} {value:?}: no such file (the path as the exporter's process sees it)")
+        }
         _ => format!("{key} {value:?} is not a whole number"),
     })
+}
+
+/// Parameters naming a certificate or key file (libpq's and sqlx's spellings).
+fn is_tls_file_param(key: &str) -> bool {
+    matches!(key, "sslrootcert" | "ssl-root-cert" | "ssl-ca" | "sslcert" | "ssl-cert" | "sslkey" | "ssl-key")
 }
 
 /// An unknown or invalid parameter after the password: nothing of it is shown.
@@ -738,5 +749,19 @@ mod tests {
         assert!(e.contains("\"dbnmae\""), "{e}");
         let e = parse_connection_string("host=h connect_timeout=10").unwrap_err();
         assert!(e.contains("--connect-timeout"), "{e}");
+    }
+
+    #[test]
+    fn a_certificate_file_that_does_not_exist_is_named_before_connecting() {
+        // sqlx would fail only at connect time, with "No such file or directory" and no name.
+        let e = parse_connection_string("postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")
+            .unwrap_err();
+        assert!(e.contains("sslrootcert \"/nonexistent/ca.pem\": no such file"), "{e}");
+        let e = parse_connection_string("host=h dbname=x sslkey=/nonexistent/k.pem").unwrap_err();
+        assert!(e.contains("sslkey \"/nonexistent/k.pem\": no such file"), "{e}");
+        // An existing file and inline PEM pass.
+        let here = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        assert!(parse_connection_string(&format!("postgres://u@h/db?sslrootcert={here}")).is_ok());
+        assert!(parse_connection_string("host=h sslrootcert='-----BEGIN CERTIFICATE-----'").is_ok());
     }
 }
