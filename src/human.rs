@@ -61,6 +61,18 @@ pub fn percent(ratio: f64, threshold: Option<f64>) -> String {
     format!("{text}%")
 }
 
+/// A threshold as a percentage with every decimal it has (up to 4, trailing zeros dropped): `97%`,
+/// `3.01%`, `0.5%`; never rounded, so a card never reads "3% ... below 3%".
+pub fn threshold_percent(ratio: f64) -> String {
+    let text = format!("{:.4}", ratio * 100.0);
+    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+}
+
+/// `n` and a noun, singular for 1: `1 block`, `0 trips`, `3,456 starts`.
+pub fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", count(n), if n == 1 { one } else { many })
+}
+
 /// A duration in whole minutes or seconds: `31 h 12 m`, `12 m 5 s`, `45 s` (never raw seconds).
 pub fn duration(seconds: f64) -> String {
     let s = seconds.max(0.0).floor() as u64;
@@ -72,6 +84,17 @@ pub fn duration(seconds: f64) -> String {
     } else {
         format!("{sec} s")
     }
+}
+
+/// Elapsed and remaining seconds of a `total` as the page shows them with [`duration`], so that
+/// they add up: elapsed floored to the minute and never above `total`; remaining counted from that
+/// minute while an hour or more is left (both show whole minutes then), else exact (it shows
+/// seconds).
+pub fn elapsed_and_remaining(elapsed: f64, total: f64) -> (f64, f64) {
+    let elapsed = elapsed.max(0.0);
+    let shown = ((elapsed / 60.0).floor() * 60.0).min(total);
+    let remaining = (total - elapsed).max(0.0);
+    (shown, if remaining >= 3600.0 { total - shown } else { remaining })
 }
 
 /// An instant in UTC to the minute: `2026-11-13 09:32 UTC`.
@@ -150,6 +173,11 @@ mod tests {
         assert_eq!(percent(0.96996, Some(0.97)), "96.996%");
         assert_eq!(percent(0.97, Some(0.97)), "97%");
         assert_eq!(percent(1.0, None), "100%");
+        assert_eq!(threshold_percent(0.0301), "3.01%");
+        assert_eq!(threshold_percent(0.97), "97%");
+        assert_eq!(threshold_percent(0.005), "0.5%");
+        assert_eq!(plural(1, "trip", "trips"), "1 trip");
+        assert_eq!(plural(1_000, "trip", "trips"), "1,000 trips");
     }
 
     #[test]
@@ -158,6 +186,10 @@ mod tests {
         assert_eq!(duration(725.0), "12 m 5 s");
         assert_eq!(duration(-3.0), "0 s");
         assert_eq!(duration(172_800.0), "48 h 0 m");
+        // 3 h 0 m 30 s of 48 h: "3 h 0 m" and "45 h 0 m" (not "44 h 59 m"); past the end, capped.
+        assert_eq!(elapsed_and_remaining(10_830.0, 172_800.0), (10_800.0, 162_000.0));
+        assert_eq!(elapsed_and_remaining(172_920.0, 172_800.0), (172_800.0, 0.0));
+        assert_eq!(elapsed_and_remaining(172_770.0, 172_800.0), (172_740.0, 30.0));
         assert_eq!(instant(UnixMicros::from_seconds(1_800_000_000.0)), "2027-01-15 08:00 UTC");
     }
 

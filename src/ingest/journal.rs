@@ -154,7 +154,7 @@ impl Journal {
                     _ => format!(
                         "{} circuit-breaker trips since {}; {} in the soak window",
                         n(trips),
-                        since.rfc3339(),
+                        crate::human::instant(since),
                         n(count)
                     ),
                 };
@@ -182,7 +182,7 @@ impl Journal {
                     let at = minute_start((third + 1) * ERROR_BLOCK_MINUTES);
                     let text = format!(
                         "coordinator.error in {SUSTAINED_ERROR_BLOCKS} consecutive 5-minute blocks from {}",
-                        minute_start(run[0] * ERROR_BLOCK_MINUTES).rfc3339()
+                        crate::human::instant(minute_start(run[0] * ERROR_BLOCK_MINUTES))
                     );
                     self.push(at, HappeningKind::SustainedErrors, text);
                 }

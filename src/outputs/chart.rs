@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use crate::human::percent;
+use crate::human::{percent, threshold_percent};
 use crate::tally::{series_step_minutes, SeriesStep};
 use crate::time::{minute_start, UnixMicros};
 
@@ -49,11 +49,22 @@ fn y(v: f64, (lo, hi): (f64, f64)) -> f64 {
     Y1 - (v - lo) / (hi - lo).max(1e-9) * (Y1 - Y0)
 }
 
-/// The y range: `floor`, widened to the points and the threshold, with a little air.
-fn range(points: &[(f64, f64)], p: &Panel<'_>) -> (f64, f64) {
-    let lo = points.iter().map(|q| q.1).fold(p.floor.0.min(p.threshold), f64::min);
-    let hi = points.iter().map(|q| q.1).fold(p.floor.1.max(p.threshold), f64::max);
-    (lo.max(0.0), hi.min(1.0))
+/// Gridline steps (ratios) the y axis may use: round percentages.
+const TICK_STEPS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5];
+
+/// The y range and its gridline step: `floor`, widened to the points and the threshold, then
+/// snapped outwards to a round step that gives at most 5 intervals (so labels read `92.5%`, never
+/// `92.3%`), within [0, 1].
+fn range(points: &[(f64, f64)], p: &Panel<'_>) -> ((f64, f64), f64) {
+    let lo = points.iter().map(|q| q.1).fold(p.floor.0.min(p.threshold), f64::min).max(0.0);
+    let hi = points.iter().map(|q| q.1).fold(p.floor.1.max(p.threshold), f64::max).min(1.0);
+    for step in TICK_STEPS {
+        let (a, b) = (((lo / step) + 1e-9).floor() * step, ((hi / step) - 1e-9).ceil() * step);
+        if (b - a) / step <= 5.0 + 1e-9 {
+            return ((a.max(0.0), b.min(1.0)), step);
+        }
+    }
+    ((0.0, 1.0), 0.25)
 }
 
 /// One panel as an `<svg>` element (with a text alternative). The step that holds `now` is still
@@ -74,7 +85,7 @@ pub fn panel(series: &[SeriesStep], span: &Span, p: &Panel<'_>) -> String {
             points.push((span.x(mid), v));
         }
     }
-    let r = range(&points, p);
+    let (r, tick) = range(&points, p);
     let failing = points.iter().filter(|q| (p.fails)(q.1, p.threshold)).count();
     let mut svg = String::new();
     let _ = write!(
@@ -83,20 +94,20 @@ pub fn panel(series: &[SeriesStep], span: &Span, p: &Panel<'_>) -> String {
          beyond the {t} threshold{current}\" preserveAspectRatio=\"xMidYMid meet\">",
         title = p.title,
         n = points.len(),
-        t = percent(p.threshold, None),
+        t = threshold_percent(p.threshold),
         current = match open {
             Some((_, v, _)) => format!("; the current step, still filling, at {} so far", percent(v, None)),
             None => String::new(),
         },
     );
-    axes(&mut svg, span, r);
+    axes(&mut svg, span, r, tick);
     let ty = y(p.threshold, r);
     let _ = write!(
         svg,
         "<line class=\"threshold\" x1=\"{X0}\" x2=\"{X1}\" y1=\"{ty:.1}\" y2=\"{ty:.1}\"/>\
          <text class=\"threshold-label\" x=\"{X1}\" y=\"{:.1}\" text-anchor=\"end\">threshold {}</text>",
         if ty < Y0 + 20.0 { ty + 18.0 } else { ty - 5.0 },
-        percent(p.threshold, None)
+        threshold_percent(p.threshold)
     );
     line(&mut svg, &points, r, step_s / span.soak_seconds.max(1) as f64 * (X1 - X0) * 1.5);
     for &(x, v) in points.iter().filter(|q| (p.fails)(q.1, p.threshold)) {
@@ -118,9 +129,10 @@ pub fn panel(series: &[SeriesStep], span: &Span, p: &Panel<'_>) -> String {
 }
 
 /// Gridlines with y labels, x labels in hours before now, and the phase start.
-fn axes(svg: &mut String, span: &Span, r: (f64, f64)) {
-    for i in 0..=4 {
-        let v = r.0 + (r.1 - r.0) * f64::from(i) / 4.0;
+fn axes(svg: &mut String, span: &Span, r: (f64, f64), tick: f64) {
+    let intervals = ((r.1 - r.0) / tick).round() as i32;
+    for i in 0..=intervals {
+        let v = r.0 + tick * f64::from(i);
         let yy = y(v, r);
         let _ = write!(
             svg,
@@ -151,12 +163,11 @@ fn axes(svg: &mut String, span: &Span, r: (f64, f64)) {
     let start = minute_start(span.first_minute).seconds();
     if span.phase_started_at > start {
         let x = span.x(span.phase_started_at);
+        // No text label: inside the plot it collides with the series or the threshold label; the
+        // page's caption names the dotted line, and hovering it shows its title.
         let _ = write!(
             svg,
-            "<line class=\"phase\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{Y0}\" y2=\"{Y1}\"/>\
-             <text class=\"phase-label\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"start\">phase start</text>",
-            x + 4.0,
-            Y0 + 16.0
+            "<line class=\"phase\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{Y0}\" y2=\"{Y1}\"><title>phase start</title></line>"
         );
     }
 }
@@ -217,5 +228,35 @@ mod tests {
         assert_eq!(svg.matches("class=\"fail-mark\"").count(), 1);
         assert!(!svg.contains("phase start"), "a phase begun before the window is not drawn");
         assert!(svg.contains("threshold 97%"));
+    }
+
+    #[test]
+    fn gridlines_fall_on_round_percentages() {
+        let p = Panel {
+            title: "Success ratio",
+            part: |s| s.confirmed,
+            threshold: 0.97,
+            fails: |v, t| v < t,
+            floor: (0.9, 1.0),
+        };
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        let ((lo, hi), tick) = range(&[], &p);
+        assert!(near(lo, 0.9) && near(hi, 1.0) && tick == 0.02, "{lo} {hi} {tick}");
+        // The degraded demo's 89.8% .. 97.4% once gave ticks 89.8%, 92.3%, 94.9%, 97.4%.
+        let ((lo, hi), tick) = range(&[(0.0, 0.898), (1.0, 0.974)], &p);
+        assert!(near(lo, 0.875) && near(hi, 1.0) && tick == 0.025, "{lo} {hi} {tick}");
+        let span = Span {
+            first_minute: 0,
+            now: UnixMicros::from_seconds(172_800.0),
+            soak_seconds: 172_800,
+            phase_started_at: 0.0,
+        };
+        let svg = panel(&[step(0, 1000, 898), step(30, 1000, 974)], &span, &p);
+        for label in [">87.5%<", ">90%<", ">92.5%<", ">95%<", ">97.5%<", ">100%<"] {
+            assert!(svg.contains(label), "{label} in {svg}");
+        }
+        let review = Panel { threshold: 0.01, floor: (0.0, 0.02), fails: |v, t| v >= t, ..p };
+        let ((lo, hi), tick) = range(&[(0.0, 0.031)], &review);
+        assert!(near(lo, 0.0) && near(hi, 0.04) && tick == 0.01, "{lo} {hi} {tick}");
     }
 }

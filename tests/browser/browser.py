@@ -2,6 +2,7 @@
 """The status page at / in a real browser: Debian's chromium, driven by playwright.
 
 Cases: the demo's healthy and degraded scenarios, a pending soak (phase begun two hours ago), and
+a pending soak whose exporter then stops (the open page must say it is not updating), and
 a real PostgreSQL table (a throwaway cluster this test starts) with a circuit-breaker trip inside
 the window (a decided no-go, long before the due time), which then goes stale when the test stops that cluster. Each asserts the
 visible text, no console error, no request leaving 127.0.0.1, no horizontal overflow at 390 px
@@ -112,6 +113,19 @@ def check_refresh_js(page) -> str:
     if page.errors:
         raise k.Fail(f"console errors while refreshing: {page.errors}")
     return f"{before} -> {rendered(page)}, scrollY stays {y1}"
+
+
+def check_offline(page) -> str:
+    """The exporter has stopped: within one refresh (plus slack) the page must say so at the top."""
+    page.wait_for_selector("#offline", timeout=REFRESH_DEADLINE_S * 1000)
+    note = page.inner_text("#offline")
+    if not note.startswith("\u26a0 NOT UPDATING: the exporter did not answer"):
+        raise k.Fail(f"offline note: {note!r}")
+    if not page.title().startswith("NOT UPDATING"):
+        raise k.Fail(f"tab title: {page.title()!r}")
+    if page.evaluate("getComputedStyle(document.querySelector('.banner')).filter") == "none":
+        raise k.Fail("the decision banner is not greyed")
+    return note
 
 
 def check_refresh_nojs(browser: Browser, url: str) -> str:
@@ -253,10 +267,13 @@ def demo_cases(r: k.Report, b: Browser, procs: k.Processes, binary: str, out: pa
     page = b.open(url)
     r.run("pending: a phase begun two hours ago says PENDING, why, and how long is left",
           lambda: assert_page(page, port, ["PENDING", "Pending because too early", "2 h 0 m of 48 h 0 m elapsed",
-                                           "45 h 59 m remaining", "WAITING", "to go.",
-                                           "Not decided yet. If the rates since the phase began continue"], ["NO-GO"]))
-    page.context.close()
+                                           "46 h 0 m remaining", "WAITING", "to go.",
+                                           "Not decided yet. If the rates since the phase began continue",
+                                           "part of which is before this phase began"], ["NO-GO"]))
     procs.stop("demo-pending")
+    r.run("exporter gone: the open page says NOT UPDATING within a refresh, greys the decision, marks the tab",
+          lambda: check_offline(page))
+    page.context.close()
 
 
 def database_cases(r: k.Report, b: Browser, procs: k.Processes, binary: str, out: pathlib.Path | None) -> None:
@@ -272,7 +289,7 @@ def database_cases(r: k.Report, b: Browser, procs: k.Processes, binary: str, out
           lambda: assert_page(page, port, ["NO-GO", "Failing: No circuit-breaker trips.",
                                            "Decided: this NO-GO is already certain.", "waiting cannot make it a go",
                                            "12,300 of 12,345 confirmed", "95% interval",
-                                           "99.6%", "45 of 12,345 reviewed", "0.4%", "1 trip(s)", "circuit trip",
+                                           "99.6%", "45 of 12,345 reviewed", "0.4%", "1 trip", "Passes again about", "if there is no further trip", "circuit trip",
                                            "ambiguous_address", "Database \u2713 up"], ["PENDING"]))
     r.run("real table: a reason holding <script> is shown as text, never run",
           lambda: (XSS in text(page) and page.evaluate("window.__xss") is None) or k.Fail(

@@ -6,9 +6,12 @@ use super::super::chart::{self, Panel, Span};
 use super::super::Current;
 use super::decision_word;
 use crate::events::{CIRCUIT_OPEN, ERROR, MANUAL_REVIEW, RETRY};
-use crate::human::{count, duration, escape, instant, manual_review_margin, percent, signed, success_margin};
+use crate::human::{
+    count, duration, elapsed_and_remaining, escape, instant, manual_review_margin, percent, plural, signed,
+    success_margin, threshold_percent,
+};
 use crate::rollout::{Criterion, CriterionKind as K, Decision, Strength, SUSTAINED_ERROR_BLOCKS};
-use crate::time::{window_start_minute, UnixMicros};
+use crate::time::{minute_start, window_start_minute, UnixMicros, ERROR_BLOCK_MINUTES};
 
 /// The runbook section (GitHub anchor of its heading) for a failing criterion.
 pub fn runbook_anchor(kind: K) -> Option<&'static str> {
@@ -62,12 +65,14 @@ pub fn banner(cur: &Current) -> String {
     let phase = &cur.rollout.phase;
     format!(
         "<section class=\"banner {class}\" aria-labelledby=\"decision\"><h1 id=\"decision\">\
-         <span aria-hidden=\"true\">{symbol}</span> {word}</h1><p class=\"sub\">{why}</p>{certainty}\
-         <ul class=\"facts\"><li>Environment <b>{env}</b></li><li>Phase <b>{phase_label}</b> since {since}</li>\
+         <span aria-hidden=\"true\">{symbol}</span> {word}</h1><p class=\"sub\">{why}</p>{certainty}{sure}\
+         <ul class=\"facts\"><li>Environment <b>{env}</b>{unset}</li><li>Phase <b>{phase_label}</b> since {since}</li>\
          <li>Window {window}</li></ul></section>",
         class = v.decision.label(),
         certainty = certainty(cur),
+        sure = how_sure(cur),
         env = escape(&v.environment),
+        unset = if v.environment == "unknown" { " <span class=\"muted\">(not set: --environment)</span>" } else { "" },
         phase_label = phase.state.phase.label(),
         since = instant(UnixMicros::from_seconds(phase.started_at)),
         window = escape(&v.window),
@@ -99,11 +104,43 @@ fn certainty(cur: &Current) -> String {
     match &v.projection {
         Some(p) => format!(
             "<p>Not decided yet. If the rates since the phase began continue: about <b>{}</b> starts and \
-             <b>{}</b> at the due time.</p>",
+             <b>{}</b> at the due time (the window judged then holds only the phase's own bookings).</p>",
             count(p.starts_at_due),
             decision_word(p.decision_at_due).0
         ),
         None => String::new(),
+    }
+}
+
+/// How sure the ratios are, in one line: conclusive when each ratio's interval lies wholly on one
+/// side of its threshold, else which ratio's PASS or FAIL could still be chance.
+fn how_sure(cur: &Current) -> String {
+    let ratios: Vec<&Criterion> = cur.rollout.verdict.criteria.iter().filter(|c| c.interval.is_some()).collect();
+    let Some(confidence) = ratios.first().and_then(|c| c.interval).map(|i| i.confidence) else {
+        return String::new();
+    };
+    let weak: Vec<String> = ratios
+        .iter()
+        .filter(|c| c.evidence == Some(Strength::Inconclusive))
+        .filter_map(|c| {
+            let i = c.interval?;
+            Some(format!(
+                "the {} ({} interval {} straddles {}: its {} could be chance)",
+                criterion_title(c.name).to_lowercase(),
+                percent(i.confidence, None),
+                bounds(i.low, i.high),
+                threshold_percent(c.threshold),
+                if c.pass { "PASS" } else { "FAIL" }
+            ))
+        })
+        .collect();
+    if weak.is_empty() {
+        format!(
+            "<p><b>How sure: conclusive.</b> Each ratio's {} interval lies wholly on one side of its threshold.</p>",
+            percent(confidence, None)
+        )
+    } else {
+        format!("<p><b>How sure: inconclusive</b> for {}.</p>", weak.join("; "))
     }
 }
 
@@ -120,14 +157,19 @@ fn bounds(low: f64, high: f64) -> String {
 }
 
 /// The interval of a ratio criterion and whether it settles the comparison, in words.
-fn interval_text(c: &Criterion) -> String {
+fn interval_text(c: &Criterion, decided: bool) -> String {
+    let straddles = if decided {
+        " (it straddles the threshold: the result could be chance)"
+    } else {
+        " (it straddles the threshold: more bookings may change the result)"
+    };
     match (&c.interval, c.evidence) {
         (Some(i), Some(e)) => format!(
             "<p>{} interval {}: <b>{}</b>{}</p>",
             percent(i.confidence, None),
             bounds(i.low, i.high),
             e.label(),
-            if e == Strength::Inconclusive { " (it straddles the threshold: the data cannot tell yet)" } else { "" }
+            if e == Strength::Inconclusive { straddles } else { "" }
         ),
         _ => String::new(),
     }
@@ -139,10 +181,11 @@ pub fn progress(cur: &Current) -> String {
     let soak = soak_seconds(cur);
     let elapsed = (cur.now.seconds() - started).max(0.0);
     let remaining = (soak - elapsed).max(0.0);
+    let (shown_elapsed, shown_remaining) = elapsed_and_remaining(elapsed, soak);
     let done = (elapsed / soak.max(1.0)).min(1.0);
     let due = UnixMicros::from_seconds(started + soak);
     let left = if remaining > 0.0 {
-        format!("<b>{}</b> remaining, due {}", duration(remaining), instant(due))
+        format!("<b>{}</b> remaining, due {}", duration(shown_remaining), instant(due))
     } else {
         format!("complete since {}", instant(due))
     };
@@ -151,7 +194,7 @@ pub fn progress(cur: &Current) -> String {
          <p><b>{elapsed}</b> of {soak_text} elapsed ({pct}) \u{b7} {left}</p>\
          <div class=\"bar\" role=\"progressbar\" aria-label=\"soak elapsed\" aria-valuemin=\"0\" aria-valuemax=\"100\" \
          aria-valuenow=\"{now:.0}\"><span style=\"width:{now:.1}%\"></span></div></section>",
-        elapsed = duration(elapsed),
+        elapsed = duration(shown_elapsed),
         soak_text = duration(soak),
         pct = percent(done, None),
         now = done * 100.0,
@@ -168,6 +211,13 @@ fn describe(c: &Criterion, cur: &Current) -> (String, String, String) {
             let margin = match success_margin(den, num, t.min_success_ratio) {
                 _ if den == 0 => "No bookings in the window yet.".to_string(),
                 Some(n) if c.pass => format!("{} more bookings without confirmation would fail it.", count(n)),
+                Some(n) if n > den => format!(
+                    "Needs {} more confirmed bookings in a row to pass: more than the {} the window holds, so it \
+                     passes only as the failing bookings leave the {} window.",
+                    count(n),
+                    count(den),
+                    escape(&cur.rollout_config.soak.label)
+                ),
                 Some(n) => format!("Needs {} more confirmed bookings in a row to pass.", count(n)),
                 None => "Cannot pass at this threshold.".to_string(),
             };
@@ -178,13 +228,20 @@ fn describe(c: &Criterion, cur: &Current) -> (String, String, String) {
                     count(num),
                     count(den)
                 ),
-                format!("at least {}", percent(c.threshold, None)),
+                format!("at least {}", threshold_percent(c.threshold)),
                 margin,
             )
         }
         K::ManualReviewRatio => {
             let margin = match manual_review_margin(den, num, t.max_manual_review_ratio) {
                 Some(n) if c.pass => format!("{} more manual reviews would fail it.", count(n)),
+                Some(n) if n > den => format!(
+                    "Needs {} more bookings without manual review to pass: more than the {} the window holds, so \
+                     it passes only as the reviewed bookings leave the {} window.",
+                    count(n),
+                    count(den),
+                    escape(&cur.rollout_config.soak.label)
+                ),
                 Some(n) => format!("Needs {} more bookings without manual review to pass.", count(n)),
                 None => "Cannot pass at this threshold.".to_string(),
             };
@@ -195,7 +252,7 @@ fn describe(c: &Criterion, cur: &Current) -> (String, String, String) {
                     count(num),
                     count(den)
                 ),
-                format!("below {}", percent(c.threshold, None)),
+                format!("below {}", threshold_percent(c.threshold)),
                 margin,
             )
         }
@@ -207,17 +264,31 @@ fn describe_other(c: &Criterion, cur: &Current) -> (String, String, String) {
     let observed = c.observed.unwrap_or(0.0);
     match c.name {
         K::NoSustainedErrors => (
-            format!("longest run {} block(s)", count(observed as u64)),
+            format!("longest run {}", plural(observed as u64, "block", "blocks")),
             format!("fewer than {SUSTAINED_ERROR_BLOCKS} consecutive 5-minute blocks with a coordinator.error"),
-            format!("{SUSTAINED_ERROR_BLOCKS} consecutive 5-minute blocks with an error would fail it."),
+            if c.pass {
+                format!("{SUSTAINED_ERROR_BLOCKS} consecutive 5-minute blocks with an error would fail it.")
+            } else {
+                passes_again(
+                    cur,
+                    last_sustained_run_start(cur).map(|m| (m, ERROR_BLOCK_MINUTES)),
+                    "there are no more errors",
+                    &format!("the newest run of {SUSTAINED_ERROR_BLOCKS} error blocks is no longer whole inside"),
+                )
+            },
         ),
         K::NoCircuitTrips => (
-            format!("{} trip(s)", count(observed as u64)),
+            plural(observed as u64, "trip", "trips"),
             "no trip allowed".to_string(),
             if c.pass {
                 "One trip would fail it.".to_string()
             } else {
-                format!("Fails until the trips leave the {} window.", escape(&cur.rollout_config.soak.label))
+                passes_again(
+                    cur,
+                    last_trip_minute(cur).map(|m| (m, 1)),
+                    "there is no further trip",
+                    "the last trip leaves",
+                )
             },
         ),
         K::PhaseFull => (
@@ -235,7 +306,7 @@ fn describe_other(c: &Criterion, cur: &Current) -> (String, String, String) {
             if c.pass {
                 "The whole window has elapsed.".to_string()
             } else {
-                format!("{} to go.", duration(c.threshold - observed))
+                format!("{} to go.", duration(elapsed_and_remaining(observed, c.threshold).1))
             },
         ),
         K::MinStarts => (
@@ -251,10 +322,50 @@ fn describe_other(c: &Criterion, cur: &Current) -> (String, String, String) {
     }
 }
 
+/// Unix minute of the newest circuit trip in the soak window (rows dated more than a day ahead,
+/// which every window counts, have no minute).
+fn last_trip_minute(cur: &Current) -> Option<i64> {
+    let minutes = &cur.snapshot.tally.soak_minutes;
+    minutes.iter().filter(|m| m.circuit_opens > 0 && m.minute != i64::MAX).map(|m| m.minute).max()
+}
+
+/// First Unix minute of the newest run of [`SUSTAINED_ERROR_BLOCKS`] consecutive error blocks: when
+/// that block leaves the window, no such run is left (if no new errors come).
+fn last_sustained_run_start(cur: &Current) -> Option<i64> {
+    let n = SUSTAINED_ERROR_BLOCKS as usize;
+    let blocks = &cur.snapshot.tally.error_blocks;
+    blocks.windows(n).filter(|w| w[n - 1] == w[0] + n as i64 - 1).map(|w| w[0] * ERROR_BLOCK_MINUTES).max()
+}
+
+/// "Passes again about T if ...": `width` minutes after `minute`, plus the soak, the failure has
+/// left the window (minute granularity, as the window is kept); `why` ends the sentence.
+fn passes_again(cur: &Current, at: Option<(i64, i64)>, unless: &str, why: &str) -> String {
+    let w = escape(&cur.rollout_config.soak.label);
+    match at {
+        Some((minute, width)) => format!(
+            "Passes again about {} if {unless}: {why} the {w} window then.",
+            instant(minute_start(minute + width).plus_us(cur.rollout_config.soak.seconds as i64 * 1_000_000)),
+        ),
+        None => format!("Fails until the failure leaves the {w} window."),
+    }
+}
+
 /// Each criterion as a card: value, threshold, PASS / FAIL / WAITING in words, the margin.
 pub fn criteria(cur: &Current) -> String {
-    let mut out =
-        String::from("<section aria-labelledby=\"criteria\"><h2 id=\"criteria\">Criteria</h2><div class=\"grid\">");
+    let mut out = String::from("<section aria-labelledby=\"criteria\"><h2 id=\"criteria\">Criteria</h2>");
+    let started = cur.rollout.phase.started_at;
+    let due = started + soak_seconds(cur);
+    if started > cur.now.seconds() - soak_seconds(cur) && cur.now.seconds() < due {
+        let _ = write!(
+            out,
+            "<p class=\"muted\">These count the last {w}, part of which is before this phase began ({since}); the \
+             verdict at the due time ({due}) judges only the phase's own {w}.</p>",
+            w = escape(&cur.rollout_config.soak.label),
+            since = instant(UnixMicros::from_seconds(started)),
+            due = instant(UnixMicros::from_seconds(due)),
+        );
+    }
+    out.push_str("<div class=\"grid\">");
     for c in &cur.rollout.verdict.criteria {
         let (value, threshold, margin) = describe(c, cur);
         let (class, word) = match (c.pass, c.name.only_delays()) {
@@ -274,7 +385,7 @@ pub fn criteria(cur: &Current) -> String {
             "<article class=\"card {class}\" data-criterion=\"{label}\"><h3><span>{title}</span>\
              <span class=\"verdict-word\">{word}</span></h3><p class=\"value\">{value}</p>\
              <p>Threshold: {threshold}</p>{interval}<p>{margin}</p>{runbook}</article>",
-            interval = interval_text(c),
+            interval = interval_text(c, cur.rollout.verdict.decided),
             label = c.name.label(),
             title = criterion_title(c.name),
         );
@@ -287,7 +398,11 @@ pub fn criteria(cur: &Current) -> String {
         if budget >= 0 {
             format!("Error budget left: <b>{}</b> more bookings may end without confirmation and the success ratio still passes.", signed(budget))
         } else {
-            format!("Error budget spent: <b>{}</b> bookings over.", signed(-budget))
+            format!(
+                "Error budget spent: <b>{}</b> bookings over (the success ratio would pass with that many fewer \
+                 unconfirmed bookings in the window).",
+                signed(-budget)
+            )
         }
     );
     out
@@ -323,12 +438,20 @@ pub fn chart(cur: &Current) -> String {
         "<section aria-labelledby=\"chart\"><h2 id=\"chart\">The last {window}, per {step} minutes</h2>\
          <p class=\"muted\">One point per {step} minutes with bookings; the dashed line is the threshold, \
          a cross marks a step beyond it; the open circle is the current {step} minutes, still filling \
-         (bookings started in it may not have ended yet), and is not judged.</p><div class=\"charts\">\
+         (bookings started in it may not have ended yet), and is not judged.{phase}</p><div class=\"charts\">\
          <figure><figcaption>Success ratio (at least {s})</figcaption>{a}</figure>\
          <figure><figcaption>Manual-review ratio (below {m})</figcaption>{b}</figure></div></section>",
         window = escape(&cfg.soak.label),
-        s = percent(success.threshold, None),
-        m = percent(review.threshold, None),
+        phase = if span.phase_started_at > crate::time::minute_start(span.first_minute).seconds() {
+            format!(
+                " The dotted vertical line is the phase start ({}).",
+                instant(UnixMicros::from_seconds(span.phase_started_at))
+            )
+        } else {
+            String::new()
+        },
+        s = threshold_percent(success.threshold),
+        m = threshold_percent(review.threshold),
         a = chart::panel(&series, &span, &success),
         b = chart::panel(&series, &span, &review),
     )
@@ -371,7 +494,7 @@ pub fn reasons(cur: &Current) -> String {
             out.push_str("<p>None.</p></div>");
             continue;
         }
-        out.push_str("<table><thead><tr><th scope=\"col\">reason</th><th scope=\"col\" class=\"num\">rows</th></tr></thead><tbody>");
+        out.push_str("<table><thead><tr><th scope=\"col\">reason</th><th scope=\"col\" class=\"num\">events</th></tr></thead><tbody>");
         for t in rows.iter().take(5) {
             let reason = if t.reason.is_empty() { "(no reason)".to_string() } else { escape(&t.reason) };
             let _ = write!(out, "<tr><td class=\"wrap\">{reason}</td><td class=\"num\">{}</td></tr>", count(t.rows));
@@ -379,7 +502,8 @@ pub fn reasons(cur: &Current) -> String {
         out.push_str("</tbody></table></div>");
     }
     out.push_str(
-        "</div><p class=\"muted\">All rows the exporter has counted (its all-time counters), most first.</p></section>",
+        "</div><p class=\"muted\">Every event in the table the exporter has counted (all-time counters, not only \
+         the soak window), most first.</p></section>",
     );
     out
 }
@@ -426,7 +550,8 @@ pub fn links(cur: &Current) -> String {
     format!(
         "<section aria-labelledby=\"links\"><h2 id=\"links\">Links</h2><ul>\
          <li><a href=\"metrics\">/metrics</a> (Prometheus)</li><li><a href=\"verdict\">/verdict</a> (JSON)</li>\
-         <li><a href=\"gate\">/gate</a> (200 go, 412 otherwise)</li>{grafana}<li><a href=\"{runbook}\">Runbook</a></li></ul></section>",
+         <li><a href=\"gate\">/gate</a> (200 go, 412 otherwise)</li>\
+         <li><a href=\"gate/rollback\">/gate/rollback</a> (200 only for a decided no-go)</li>{grafana}<li><a href=\"{runbook}\">Runbook</a></li></ul></section>",
         runbook = escape(&cfg.links.runbook),
     )
 }

@@ -57,6 +57,8 @@ fn current(confirmed: u64, circuit: u64, reason: &str) -> Current {
                 minute: now.minute() - 2880 + i * 30,
                 starts: 130,
                 confirmed: 129,
+                // The trips three hours ago (minute index 90 of 96).
+                circuit_opens: if i == 90 { circuit } else { 0 },
                 ..MinuteCounts::default()
             })
             .collect(),
@@ -109,7 +111,19 @@ fn a_failing_criterion_says_fail_in_words_and_links_its_runbook_section() {
     assert!(html.contains("Failing: Success ratio, No circuit-breaker trips."));
     assert!(html.contains("docs/runbook.md#rolloutsoaksuccessratiobelowthreshold"));
     assert!(html.contains("docs/runbook.md#rolloutcircuitbreakeropen"));
-    assert!(html.contains("Needs 32,489 more confirmed bookings in a row to pass."), "{html}");
+    assert!(
+        html.contains(
+            "Needs 32,489 more confirmed bookings in a row to pass: more than the 12,345 the window holds, so it \
+             passes only as the failing bookings leave the 48h window."
+        ),
+        "{html}"
+    );
+    // The trips were 3 hours ago, in minute 07:00 of 2027-01-15: they leave the window 48 h after it ends.
+    assert!(
+        html.contains("Passes again about 2027-01-17 05:01 UTC if there is no further trip: the last trip leaves the 48h window then."),
+        "{html}"
+    );
+    assert!(html.contains("2 trips") && html.contains("How sure: conclusive."), "{html}");
     assert!(html.contains("Error budget spent"));
 }
 
