@@ -51,6 +51,7 @@ const UNRECOGNISED: &str = "(not a postgres:// URL or key=value string; not show
 
 /// Hides every part of a connection string that is or may be a password, whatever its shape.
 ///
+/// * A URL of another scheme than `postgres`/`postgresql`: the scheme and `://***` only.
 /// * URL: everything between `://` and the **last** `@` of the whole string is taken as the user
 ///   information (the widest reading: an unencoded `/ ? # @` in a password cannot push part of it
 ///   out); only a user name without any delimiter is shown, as `user:***`. In the query, a
@@ -61,7 +62,13 @@ const UNRECOGNISED: &str = "(not a postgres:// URL or key=value string; not show
 /// * Anything else: not shown at all.
 pub fn redact_url(raw: &str) -> String {
     if let Some(idx) = scheme_end(raw) {
-        return redact_url_form(&raw[..idx], &raw[idx + 3..]);
+        let scheme = &raw[..idx];
+        // Another scheme is no connection URL the exporter reads, and may not be a URL at all:
+        // `u://secret@h/db` is `user:password@host` whose password begins with `//`.
+        if !scheme.eq_ignore_ascii_case("postgres") && !scheme.eq_ignore_ascii_case("postgresql") {
+            return format!("{scheme}://***");
+        }
+        return redact_url_form(scheme, &raw[idx + 3..]);
     }
     if looks_like_key_value(raw) {
         return redact_key_value(raw);
@@ -308,7 +315,9 @@ fn canonical_url(scheme: &str, rest: &str, raw: &str) -> Result<String, String> 
     let authority = &head[..head.find('/').unwrap_or(head.len())];
     let port = match authority.strip_prefix('[') {
         Some(v6) => v6.split_once("]:").map(|(_, p)| p),
-        None => authority.rsplit_once(':').map(|(_, p)| p),
+        // Everything after the first ':' (as the redaction reads it): `u:secret:7` is a user and
+        // password without '@', not host `u:secret` and port 7.
+        None => authority.split_once(':').map(|(_, p)| p),
     };
     if port.is_some_and(|p| p.parse::<u16>().is_err()) {
         return Err(match userinfo {
@@ -669,6 +678,10 @@ mod tests {
             ("host=h password=a b", "host=h password=*** …"),
             ("host=h user=u pass word=x", "host=h user=u …"),
             ("u:secret@h/db", UNRECOGNISED),
+            // Found by the property test: `user:password@host` with a password that begins `//`.
+            ("u://é@h/db", "u://***"),
+            ("postgres://u:Ж:7?:x", "postgres://u:***"),
+            ("mysql://u:abcdef@h/db", "mysql://***"),
         ] {
             assert_eq!(redact_url(raw), want, "{raw}");
         }
@@ -730,6 +743,9 @@ mod tests {
             ("host=h password=abc port=xyz", "abc port=xyz"),
             ("u:abcdef@h/db", "abcdef"),
             ("mysql://u:abcdef@h/db", "abcdef"),
+            // Found by the property test: no '@', so no password for the parsers, but the query's
+            // unknown name was quoted, and it is the password's end.
+            ("postgres://u:Ж:7?:\tsecret", "Ж:7?:\tsecret"),
         ] {
             let e = parse_connection_string(raw).expect_err(raw);
             for len in 3..=password.len() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestRunner};
 use rollout_exporter::config::{redact_url, Cli, Validated};
 use sqlx::postgres::PgConnectOptions;
 
@@ -133,7 +133,7 @@ fn password() -> impl Strategy<Value = String> {
 fn config_the_password_never_shows_whatever_the_connection_string_looks_like() {
     let dir = TempDir::new("rex_url_prop");
     let file = dir.path().join("url");
-    let mut runner = TestRunner::new(Config { cases: 2000, failure_persistence: None, ..Config::default() });
+    let mut runner = TestRunner::new(proptest_config(2000));
     let accepted = RefCell::new(0usize);
     let result = runner.run(&(0..FORMS, password(), any::<bool>(), any::<bool>()), |(i, pw, verdict, via_file)| {
         // Form 12 has no host: an '@' in its password makes a well-formed URL of another password.
@@ -193,7 +193,7 @@ fn accepted_url(raw: &str) -> Result<rollout_exporter::config::DatabaseUrl, Stri
 /// for it.
 #[test]
 fn config_sqlx_reads_exactly_the_value_that_was_meant() {
-    let mut runner = TestRunner::new(Config { cases: 500, failure_persistence: None, ..Config::default() });
+    let mut runner = TestRunner::new(proptest_config(500));
     let result = runner.run(&(password(), password()), |(user, db)| {
         for raw in [
             format!("host=h user={} password={} dbname={}", libpq_quote(&user), libpq_quote(&db), libpq_quote(&db)),

@@ -876,3 +876,18 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The property tests' configuration: `cases` cases from a fixed seed, so that every CI run tries
+/// the same inputs and a red run is reproducible. `PROPTEST_RNG_SEED=<u64>` explores other inputs,
+/// `PROPTEST_CASES=<n>` tries more (proptest's own variables).
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, RngSeed};
+    let from_env = Config::default();
+    let set = |name: &str| std::env::var_os(name).is_some();
+    Config {
+        cases: if set("PROPTEST_CASES") { from_env.cases } else { cases },
+        rng_seed: if set("PROPTEST_RNG_SEED") { from_env.rng_seed } else { RngSeed::Fixed(0x5eed_2026) },
+        failure_persistence: None,
+        ..from_env
+    }
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestRunner};
 use rollout_exporter::config::{RolloutConfig, TallyConfig, Window};
 use rollout_exporter::events::{ContextKind, Row, KNOWN_EVENT_TYPES};
 use rollout_exporter::outputs::metrics::{registry, render};
@@ -93,7 +93,7 @@ fn make_row(i: usize, (et, reason, offset, booking): &RawRow, now: i64) -> Row {
 }
 
 fn runner(cases: u32) -> TestRunner {
-    TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() })
+    TestRunner::new(crate::helpers::proptest_config(cases))
 }
 
 #[test]
