@@ -177,3 +177,28 @@ fn every_runbook_link_of_the_page_names_a_section_of_docs_runbook_md() {
         assert!(anchors.iter().any(|h| h == a), "#{a} is no heading of docs/runbook.md: {anchors:?}");
     }
 }
+
+#[test]
+fn weak_evidence_says_which_ratio_could_be_chance_and_an_error_run_says_when_it_passes_again() {
+    let mut cur = current(12_300, 0, "x");
+    let snap = Arc::make_mut(&mut cur.snapshot);
+    // 195 of 200 confirmed (97.5%) and 1 of 200 reviewed (0.5%): both pass, neither conclusively.
+    snap.tally.windows[0].counts = vec![count(START, 200), count(CONFIRMED, 195), count(MANUAL_REVIEW, 1)];
+    // coordinator.error in three consecutive 5-minute blocks, the newest run starting 2 h ago.
+    let first = (NOW as i64 / 60 - 120) / 5;
+    snap.tally.error_blocks = vec![first - 10, first, first + 1, first + 2];
+    let cur = Current::at(cur.snapshot.clone(), cur.phase.clone(), cur.rollout_config.clone(), cur.now);
+    let html = page(&cur);
+    assert!(html.contains("<b>How sure: inconclusive</b> for the success ratio (95% interval"), "{html}");
+    assert!(html.contains("straddles 97%: its PASS could be chance); the manual-review ratio (95% interval"), "{html}");
+    assert!(html.contains("more bookings may change the result"), "{html}");
+    // The run's first block (06:00..06:05) leaves the 48 h window at 06:05 two days on.
+    assert!(
+        html.contains(
+            "Passes again about 2027-01-17 06:05 UTC if there are no more errors: the newest run of 3 error blocks \
+             is no longer whole inside the 48h window then."
+        ),
+        "{html}"
+    );
+    assert!(html.contains("longest run 3 blocks"), "{html}");
+}
