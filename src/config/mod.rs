@@ -227,9 +227,10 @@ pub struct CommonArgs {
     #[arg(long, env = "GRAFANA_URL")]
     pub grafana_url: Option<String>,
     /// docs/runbook.md as on-call reads it (http or https URL): the status page links each
-    /// failing criterion to its section there (`#anchor` appended).
-    #[arg(long, env = "RUNBOOK_URL", default_value = DEFAULT_RUNBOOK_URL)]
-    pub runbook_url: String,
+    /// failing criterion to its section there (`#anchor` appended). Default: the copy this
+    /// exporter serves at /runbook (works air-gapped, matches this version).
+    #[arg(long, env = "RUNBOOK_URL")]
+    pub runbook_url: Option<String>,
     #[command(flatten)]
     pub rollout: RolloutArgs,
 }
@@ -454,8 +455,9 @@ pub struct RolloutConfig {
     pub links: Links,
 }
 
-/// The runbook the alerts' `runbook_url` annotations point at.
-pub const DEFAULT_RUNBOOK_URL: &str = "https://github.com/example/rollout-exporter/blob/main/docs/runbook.md";
+/// The runbook the status page links to without `--runbook-url`: the exporter's own `/runbook`,
+/// relative to `/` (so it also works behind a path prefix).
+pub const DEFAULT_RUNBOOK_URL: &str = "runbook";
 
 /// The status page's links out (`--grafana-url`, `--runbook-url`): never loaded by the page, only
 /// followed by the reader.
@@ -974,7 +976,10 @@ impl CommonArgs {
                 .filter(|u| !u.trim().is_empty())
                 .map(|u| link_url("--grafana-url", u))
                 .transpose()?,
-            runbook: link_url("--runbook-url", &self.runbook_url)?,
+            runbook: match self.runbook_url.as_deref().map(str::trim) {
+                None | Some("") => DEFAULT_RUNBOOK_URL.to_string(),
+                Some(u) => link_url("--runbook-url", u)?,
+            },
         };
         let tally = TallyConfig {
             windows,

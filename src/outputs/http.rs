@@ -58,6 +58,7 @@ pub fn router(live: Live) -> Router {
         .route("/gate/rollback", get(rollback).post(rollback))
         .route("/verdict", get(verdict))
         .route("/favicon.ico", get(favicon))
+        .route("/runbook", get(runbook))
         .with_state(Ctx { live, registry, cache: Arc::new(ArcSwapOption::empty()) })
 }
 
@@ -144,6 +145,18 @@ async fn landing(State(cx): State<Ctx>) -> Response {
             (header::CACHE_CONTROL, "no-store"),
         ],
         Html(page),
+    )
+        .into_response()
+}
+
+/// docs/runbook.md as built in, as HTML, under the status page's policy.
+async fn runbook() -> Response {
+    (
+        [
+            (header::CONTENT_SECURITY_POLICY, super::landing::CONTENT_SECURITY_POLICY),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        Html(super::runbook::PAGE.as_str()),
     )
         .into_response()
 }

@@ -3,7 +3,8 @@
 //! - [`metrics`]: the metric table and the `/metrics` collector;
 //! - [`http`]: the router (`/metrics`, `/healthz`, `/readyz`, `/gate`, `/gate/rollback`, `/verdict`, `/`) and the
 //!   exporter-toolkit web layer ([`web`]: basic auth, TLS);
-//! - [`landing`]: the status page at `/` (its chart in [`chart`]);
+//! - [`landing`]: the status page at `/` (its chart in [`chart`]); [`runbook`]: docs/runbook.md at
+//!   `/runbook`, where the page's runbook links go by default;
 //! - [`verdict`]: the `verdict` command, which judges a snapshot built from SQL by the same load.
 //! - [`check`]: the `check` command: what the table, the role and the server look like.
 //! - [`backtest`]: the verdict at every step of a past range, from one load.
@@ -17,6 +18,7 @@ pub mod http;
 pub mod landing;
 pub mod metrics;
 mod progress;
+pub mod runbook;
 pub mod verdict;
 pub mod web;
 

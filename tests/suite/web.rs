@@ -86,7 +86,7 @@ async fn tls_and_basic_auth_guard_metrics_gate_and_landing_but_not_probes() {
     })
     .await;
     assert_eq!(ready.0, 200, "probes stay open");
-    for path in ["/metrics", "/gate", "/verdict", "/"] {
+    for path in ["/metrics", "/gate", "/gate/rollback", "/verdict", "/", "/runbook"] {
         assert_eq!(curl(dir.path(), port, path, None).0, 401, "{path} without credentials");
         assert_eq!(curl(dir.path(), port, path, Some("prometheus:wrong")).0, 401, "{path} with a wrong password");
         assert_eq!(curl(dir.path(), port, path, Some("nobody:right-password")).0, 401, "{path} with an unknown user");
@@ -95,6 +95,9 @@ async fn tls_and_basic_auth_guard_metrics_gate_and_landing_but_not_probes() {
     assert_eq!(code, 200);
     promtool_check_metrics(&body);
     assert_eq!(curl(dir.path(), port, "/gate", Some("prometheus:right-password")).0, 200, "healthy demo: go");
+    let (code, runbook) = curl(dir.path(), port, "/runbook", Some("prometheus:right-password"));
+    assert_eq!(code, 200);
+    assert!(runbook.contains("<h2 id=\"rolloutcircuitbreakeropen\">"), "the built-in runbook, with anchors");
     // Plain HTTP to the TLS port gets no HTTP answer.
     let plain = try_request(port, "GET", "/metrics", &[], std::time::Duration::from_secs(5)).await;
     assert!(!plain.is_ok_and(|(_, body)| body.contains("assignment_")), "metrics served over plain HTTP");

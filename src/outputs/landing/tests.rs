@@ -109,8 +109,8 @@ fn a_failing_criterion_says_fail_in_words_and_links_its_runbook_section() {
     let html = page(&current(11_000, 2, "x"));
     assert!(html.contains("\u{2717}</span> NO-GO</h1>"));
     assert!(html.contains("Failing: Success ratio, No circuit-breaker trips."));
-    assert!(html.contains("docs/runbook.md#rolloutsoaksuccessratiobelowthreshold"));
-    assert!(html.contains("docs/runbook.md#rolloutcircuitbreakeropen"));
+    assert!(html.contains("runbook#rolloutsoaksuccessratiobelowthreshold"));
+    assert!(html.contains("runbook#rolloutcircuitbreakeropen"));
     assert!(
         html.contains(
             "Needs 32,489 more confirmed bookings in a row to pass: more than the 12,345 the window holds, so it \
@@ -140,26 +140,12 @@ fn stale_numbers_say_so() {
     assert!(html.contains("DOWN: polls are failing"));
 }
 
-/// GitHub's anchor of a Markdown heading: lower case, spaces to hyphens, other punctuation dropped.
-fn github_anchor(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn every_runbook_link_of_the_page_names_a_section_of_docs_runbook_md() {
     let anchors: Vec<String> = include_str!("../../../docs/runbook.md")
         .lines()
         .filter_map(|l| l.strip_prefix("## "))
-        .map(github_anchor)
+        .map(crate::outputs::runbook::github_anchor)
         .collect();
     let kinds = [
         K::SuccessRatio,
