@@ -42,23 +42,47 @@ pub fn signed(n: i64) -> String {
     }
 }
 
-/// A ratio as a percentage with as few decimals as tell it apart from `threshold` (one at least,
-/// trailing zeros dropped): `99.6%`, `1%`, `96.99%` next to 97% (never a rounded `97%` that fails).
+/// A ratio as a percentage with as few decimals (one at least, six at most, trailing zeros
+/// dropped) as keep it on its own side of `threshold`: `99.6%`, `1%`, `96.996%` next to 97%,
+/// `99.98%` next to 99.985% (never a rounded `97%` or `100%` on a FAIL card).
 pub fn percent(ratio: f64, threshold: Option<f64>) -> String {
     let p = ratio * 100.0;
     let mut text = format!("{p:.1}");
-    for decimals in 1..=4 {
+    for decimals in 1..=6 {
         text = format!("{p:.decimals$}");
         let shown: f64 = text.parse().unwrap_or(p);
-        let distinct = threshold.is_none_or(|t| (shown - t * 100.0).abs() > 1e-9 || (p - t * 100.0).abs() < 1e-12);
-        if distinct {
+        let faithful = threshold.is_none_or(|t| {
+            let t = t * 100.0;
+            (p - t).abs() < 1e-12 || ((shown - t).abs() > 1e-9 && (shown > t) == (p > t))
+        });
+        if faithful {
             break;
         }
     }
+    format!("{}%", trim_zeros(&text))
+}
+
+fn trim_zeros(text: &str) -> &str {
     if text.contains('.') {
-        text = text.trim_end_matches('0').trim_end_matches('.').to_string();
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        text
     }
-    format!("{text}%")
+}
+
+/// Two bounds of an interval as percentages, `low to high`, with as few decimals (one to six) as
+/// tell them apart and never show a bound above zero as `0%`.
+pub fn percent_bounds(low: f64, high: f64) -> String {
+    let show = |v: f64, d: usize| format!("{:.d$}", v * 100.0);
+    let zeroed = |v: f64, s: &str| v > 0.0 && s.parse::<f64>().is_ok_and(|x| x == 0.0);
+    let mut text = (show(low, 1), show(high, 1));
+    for d in 1..=6 {
+        text = (show(low, d), show(high, d));
+        if text.0 != text.1 && !zeroed(low, &text.0) && !zeroed(high, &text.1) {
+            break;
+        }
+    }
+    format!("{}% to {}%", trim_zeros(&text.0), trim_zeros(&text.1))
 }
 
 /// A threshold as a percentage with every decimal it has (up to 4, trailing zeros dropped): `97%`,
@@ -86,15 +110,16 @@ pub fn duration(seconds: f64) -> String {
     }
 }
 
-/// Elapsed and remaining seconds of a `total` as the page shows them with [`duration`], so that
-/// they add up: elapsed floored to the minute and never above `total`; remaining counted from that
-/// minute while an hour or more is left (both show whole minutes then), else exact (it shows
-/// seconds).
+/// Elapsed and remaining seconds of a `total` as the page shows them with [`duration`] (which
+/// shows seconds only under an hour), so that they add up to the minute: elapsed as it is (under
+/// an hour) or floored to the minute, never above `total`; remaining, while an hour or more is
+/// left, counted from the elapsed minute, else exact.
 pub fn elapsed_and_remaining(elapsed: f64, total: f64) -> (f64, f64) {
     let elapsed = elapsed.max(0.0);
-    let shown = ((elapsed / 60.0).floor() * 60.0).min(total);
+    let minute = (elapsed / 60.0).floor() * 60.0;
+    let shown = if elapsed < 3600.0 { elapsed } else { minute }.min(total);
     let remaining = (total - elapsed).max(0.0);
-    (shown, if remaining >= 3600.0 { total - shown } else { remaining })
+    (shown, if remaining >= 3600.0 { total - minute } else { remaining })
 }
 
 /// An instant in UTC to the minute: `2026-11-13 09:32 UTC`.
@@ -173,6 +198,12 @@ mod tests {
         assert_eq!(percent(0.96996, Some(0.97)), "96.996%");
         assert_eq!(percent(0.97, Some(0.97)), "97%");
         assert_eq!(percent(1.0, None), "100%");
+        // Found by a newcomer: 172,807 of 172,834 read "100%" on a FAIL card against 99.985%.
+        assert_eq!(percent(172_807.0 / 172_834.0, Some(0.99985)), "99.98%");
+        assert_eq!(percent(2.0 / 172_834.0, Some(0.00001)), "0.0012%");
+        assert_eq!(percent_bounds(0.995916, 0.996049), "99.59% to 99.6%");
+        assert_eq!(percent_bounds(0.000_003_2, 0.000_042), "0.0003% to 0.0042%");
+        assert_eq!(percent_bounds(0.0, 0.037), "0% to 3.7%");
         assert_eq!(threshold_percent(0.0301), "3.01%");
         assert_eq!(threshold_percent(0.97), "97%");
         assert_eq!(threshold_percent(0.005), "0.5%");
@@ -190,6 +221,8 @@ mod tests {
         assert_eq!(elapsed_and_remaining(10_830.0, 172_800.0), (10_800.0, 162_000.0));
         assert_eq!(elapsed_and_remaining(172_920.0, 172_800.0), (172_800.0, 0.0));
         assert_eq!(elapsed_and_remaining(172_770.0, 172_800.0), (172_740.0, 30.0));
+        // Under an hour: "20 m 32 s" elapsed as the soak card shows it, "47 h 40 m" remaining.
+        assert_eq!(elapsed_and_remaining(1_232.0, 172_800.0), (1_232.0, 171_600.0));
         assert_eq!(instant(UnixMicros::from_seconds(1_800_000_000.0)), "2027-01-15 08:00 UTC");
     }
 

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::RolloutConfig;
 use crate::events::CIRCUIT_OPEN;
-use crate::human::count as n;
+use crate::human::{count as n, plural};
 use crate::rollout::{self, Decision, Freshness, Phase, PhaseView, SUSTAINED_ERROR_BLOCKS};
 use crate::snapshot::{Happening, HappeningKind, Snapshot, JOURNAL_CAP};
 use crate::time::{minute_start, UnixMicros, ERROR_BLOCK_MINUTES};
@@ -82,7 +82,7 @@ impl Journal {
             }
             Decision::NoGo => {
                 let failing: Vec<&str> =
-                    v.criteria.iter().filter(|c| !c.pass && !c.name.only_delays()).map(|c| c.name.label()).collect();
+                    v.criteria.iter().filter(|c| !c.pass && !c.name.only_delays()).map(|c| c.name.title()).collect();
                 format!("failing: {}", failing.join(", "))
             }
             Decision::Go => "every criterion passes".to_string(),
@@ -92,8 +92,10 @@ impl Journal {
             let word = key.0.label().replace('_', "-").to_uppercase();
             let text = match &self.decision {
                 None => format!("{word} ({}) when this exporter began judging", key.1),
+                // The same decision for another reason (another set of failing criteria).
+                Some((before, _)) if *before == key.0 => format!("{word}, now {}", key.1),
                 Some((before, _)) => {
-                    format!("{} -> {word} ({})", before.label().replace('_', "-").to_uppercase(), key.1)
+                    format!("{} \u{2192} {word} ({})", before.label().replace('_', "-").to_uppercase(), key.1)
                 }
             };
             self.push(now, HappeningKind::DecisionChange, text);
@@ -117,7 +119,7 @@ impl Journal {
         let now = (phase.state.phase, phase.started_at);
         match self.phase {
             Some((before, _)) if before != now.0 => {
-                let text = format!("{} -> {}", before.label(), now.0.label());
+                let text = format!("{} \u{2192} {}", before.label(), now.0.label());
                 self.push(UnixMicros::from_seconds(now.1), HappeningKind::PhaseChange, text);
             }
             None => {
@@ -135,8 +137,10 @@ impl Journal {
         let newest = tally.last_event.iter().find(|l| l.event_type == CIRCUIT_OPEN).map_or(now, |l| l.at);
         match self.circuit_opens {
             None if count > 0 => {
-                let text =
-                    format!("{} circuit-breaker trip(s) in the soak window when this exporter started", n(count));
+                let text = format!(
+                    "{} in the soak window when this exporter started",
+                    plural(count, "circuit-breaker trip", "circuit-breaker trips")
+                );
                 self.push(newest, HappeningKind::CircuitTrip, text);
             }
             Some(before) if count > before => {
@@ -256,7 +260,7 @@ mod tests {
         j.observe(&snap(T0 + 65.0, 2), &phase(), &cfg(), at(T0 + 65.0));
         let e = j.entries();
         assert_eq!(e.len(), 4, "{e:?}");
-        assert_eq!(e[0].text, "GO -> NO-GO (failing: no_circuit_trips)");
+        assert_eq!(e[0].text, "GO \u{2192} NO-GO (failing: No circuit-breaker trips)");
         assert_eq!(e[1].kind, HappeningKind::CircuitTrip);
         assert!(e[1].text.starts_with("2 circuit-breaker trips since "), "{e:?}");
         // A burst of trips updates its one entry.

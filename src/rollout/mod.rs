@@ -158,6 +158,19 @@ impl CriterionKind {
         CriterionKind::MinStarts,
     ];
 
+    /// The criterion's name in words, for people (the status page, the journal).
+    pub fn title(self) -> &'static str {
+        match self {
+            CriterionKind::SuccessRatio => "Success ratio",
+            CriterionKind::ManualReviewRatio => "Manual-review ratio",
+            CriterionKind::NoSustainedErrors => "No sustained errors",
+            CriterionKind::NoCircuitTrips => "No circuit-breaker trips",
+            CriterionKind::PhaseFull => "Phase is full",
+            CriterionKind::SoakElapsed => "Soak time elapsed",
+            CriterionKind::MinStarts => "Enough bookings",
+        }
+    }
+
     /// The `criterion` label value and JSON name.
     pub fn label(self) -> &'static str {
         match self {

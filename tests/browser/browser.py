@@ -292,7 +292,7 @@ def demo_cases(r: k.Report, b: Browser, procs: k.Processes, binary: str, out: pa
           lambda: assert_page(page, port, ["PENDING", "Pending because too early", "2 h 0 m of 48 h 0 m elapsed",
                                            "46 h 0 m remaining", "WAITING", "to go.",
                                            "Not decided yet. If the rates since the phase began continue",
-                                           "part of which is before this phase began"], ["NO-GO"]))
+                                           "of which 46 h 0 m are before this phase began"], ["NO-GO"]))
     procs.stop("demo-pending")
     r.run("exporter gone: the open page says NOT UPDATING within a refresh, greys the decision, marks the tab",
           lambda: check_offline(page))

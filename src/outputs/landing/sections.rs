@@ -7,8 +7,8 @@ use super::super::Current;
 use super::decision_word;
 use crate::events::{CIRCUIT_OPEN, ERROR, MANUAL_REVIEW, RETRY};
 use crate::human::{
-    count, duration, elapsed_and_remaining, escape, instant, manual_review_margin, percent, plural, signed,
-    success_margin, threshold_percent,
+    count, duration, elapsed_and_remaining, escape, instant, manual_review_margin, percent, percent_bounds, plural,
+    signed, success_margin, threshold_percent,
 };
 use crate::rollout::{Criterion, CriterionKind as K, Decision, Strength, SUSTAINED_ERROR_BLOCKS};
 use crate::time::{minute_start, window_start_minute, UnixMicros, ERROR_BLOCK_MINUTES};
@@ -28,15 +28,7 @@ pub fn runbook_anchor(kind: K) -> Option<&'static str> {
 
 /// A criterion's name in words.
 pub fn criterion_title(kind: K) -> &'static str {
-    match kind {
-        K::SuccessRatio => "Success ratio",
-        K::ManualReviewRatio => "Manual-review ratio",
-        K::NoSustainedErrors => "No sustained errors",
-        K::NoCircuitTrips => "No circuit-breaker trips",
-        K::PhaseFull => "Phase is full",
-        K::SoakElapsed => "Soak time elapsed",
-        K::MinStarts => "Enough bookings",
-    }
+    kind.title()
 }
 
 fn soak_seconds(cur: &Current) -> f64 {
@@ -65,12 +57,18 @@ pub fn banner(cur: &Current) -> String {
     let phase = &cur.rollout.phase;
     format!(
         "<section class=\"banner {class}\" aria-labelledby=\"decision\"><h1 id=\"decision\">\
-         <span aria-hidden=\"true\">{symbol}</span> {word}</h1><p class=\"sub\">{why}</p>{certainty}{sure}\
+         <span aria-hidden=\"true\">{symbol}</span> {word}{qualifier}</h1><p class=\"sub\">{why}</p>{certainty}{sure}\
          <ul class=\"facts\"><li>Environment <b>{env}</b>{unset}</li><li>Phase <b>{phase_label}</b> since {since}</li>\
          <li>Window {window}</li></ul></section>",
         class = v.decision.label(),
         certainty = certainty(cur),
         sure = how_sure(cur),
+        // A no-go that is not decided is today's failure, not the due time's verdict.
+        qualifier = if v.decision == Decision::NoGo && !v.decided {
+            " <span class=\"qualifier\">not decided: it can still become GO</span>"
+        } else {
+            ""
+        },
         env = escape(&v.environment),
         unset = if v.environment == "unknown" { " <span class=\"muted\">(not set: --environment)</span>" } else { "" },
         phase_label = phase.state.phase.label(),
@@ -144,16 +142,9 @@ fn how_sure(cur: &Current) -> String {
     }
 }
 
-/// An interval's bounds as percentages with enough decimals to tell them apart (at most 4).
+/// An interval's bounds as percentages ([`percent_bounds`]).
 fn bounds(low: f64, high: f64) -> String {
-    let mut text = (percent(low, None), percent(high, None));
-    for d in 2..=4 {
-        if text.0 != text.1 {
-            break;
-        }
-        text = (format!("{:.d$}%", low * 100.0), format!("{:.d$}%", high * 100.0));
-    }
-    format!("{} to {}", text.0, text.1)
+    percent_bounds(low, high)
 }
 
 /// The interval of a ratio criterion and whether it settles the comparison, in words.
@@ -187,7 +178,9 @@ pub fn progress(cur: &Current) -> String {
     let left = if remaining > 0.0 {
         format!("<b>{}</b> remaining, due {}", duration(shown_remaining), instant(due))
     } else {
-        format!("complete since {}", instant(due))
+        // The soak card shows the whole time since the phase began (it may be past the soak).
+        let (began, _) = elapsed_and_remaining(elapsed, f64::MAX);
+        format!("complete since {} (the phase began {} ago)", instant(due), duration(began))
     };
     format!(
         "<section aria-labelledby=\"progress\"><h2 id=\"progress\">Soak progress</h2>\
@@ -210,7 +203,13 @@ fn describe(c: &Criterion, cur: &Current) -> (String, String, String) {
         K::SuccessRatio => {
             let margin = match success_margin(den, num, t.min_success_ratio) {
                 _ if den == 0 => "No bookings in the window yet.".to_string(),
-                Some(n) if c.pass => format!("{} more bookings without confirmation would fail it.", count(n)),
+                Some(n) if c.pass => {
+                    format!(
+                        "{} more {} without confirmation would fail it.",
+                        count(n),
+                        if n == 1 { "booking" } else { "bookings" }
+                    )
+                }
                 Some(n) if n > den => format!(
                     "Needs {} more confirmed bookings in a row to pass: more than the {} the window holds, so it \
                      passes only as the failing bookings leave the {} window.",
@@ -234,7 +233,11 @@ fn describe(c: &Criterion, cur: &Current) -> (String, String, String) {
         }
         K::ManualReviewRatio => {
             let margin = match manual_review_margin(den, num, t.max_manual_review_ratio) {
-                Some(n) if c.pass => format!("{} more manual reviews would fail it.", count(n)),
+                Some(n) if c.pass => format!(
+                    "{} more {} would fail it.",
+                    count(n),
+                    if n == 1 { "manual review" } else { "manual reviews" }
+                ),
                 Some(n) if n > den => format!(
                     "Needs {} more bookings without manual review to pass: more than the {} the window holds, so \
                      it passes only as the reviewed bookings leave the {} window.",
@@ -358,8 +361,10 @@ pub fn criteria(cur: &Current) -> String {
     if started > cur.now.seconds() - soak_seconds(cur) && cur.now.seconds() < due {
         let _ = write!(
             out,
-            "<p class=\"muted\">These count the last {w}, part of which is before this phase began ({since}); the \
-             verdict at the due time ({due}) judges only the phase's own {w}.</p>",
+            "<p class=\"muted\">These count the last {w}, of which {before} are before this phase began ({since}); \
+             the verdict at the due time ({due}) judges only the phase's own {w}.</p>",
+            // The window's part before the phase is the soak's remaining part, shown alike.
+            before = duration(elapsed_and_remaining(cur.now.seconds() - started, soak_seconds(cur)).1),
             w = escape(&cur.rollout_config.soak.label),
             since = instant(UnixMicros::from_seconds(started)),
             due = instant(UnixMicros::from_seconds(due)),
@@ -395,8 +400,14 @@ pub fn criteria(cur: &Current) -> String {
     let _ = write!(
         out,
         "<p id=\"budget\">{}</p></section>",
-        if budget >= 0 {
-            format!("Error budget left: <b>{}</b> more bookings may end without confirmation and the success ratio still passes.", signed(budget))
+        if budget == 0 {
+            "No error budget left: one more booking without confirmation fails the success ratio.".to_string()
+        } else if budget > 0 {
+            format!(
+                "Error budget left: <b>{}</b> more {} may end without confirmation and the success ratio still passes.",
+                signed(budget),
+                if budget == 1 { "booking" } else { "bookings" }
+            )
         } else {
             format!(
                 "Error budget spent: <b>{}</b> bookings over (the success ratio would pass with that many fewer \
@@ -502,8 +513,8 @@ pub fn reasons(cur: &Current) -> String {
         out.push_str("</tbody></table></div>");
     }
     out.push_str(
-        "</div><p class=\"muted\">Every event in the table the exporter has counted (all-time counters, not only \
-         the soak window), most first.</p></section>",
+        "</div><p class=\"muted\">Every event the exporter has counted in the events table (all-time counters, \
+         not only the soak window), most first.</p></section>",
     );
     out
 }

@@ -188,3 +188,13 @@ fn weak_evidence_says_which_ratio_could_be_chance_and_an_error_run_says_when_it_
     );
     assert!(html.contains("longest run 3 blocks"), "{html}");
 }
+
+#[test]
+fn a_no_go_that_is_not_decided_says_it_can_still_become_go() {
+    // 31 h in, the success ratio failing today (89%), no trip: a no-go, not decided.
+    let html = page(&current(11_000, 0, "x"));
+    assert!(html.contains("NO-GO <span class=\"qualifier\">not decided: it can still become GO</span></h1>"), "{html}");
+    // With a trip inside the window judged at the due time the no-go is decided: no qualifier.
+    let html = page(&current(11_000, 2, "x"));
+    assert!(html.contains("NO-GO</h1>") && !html.contains("qualifier\">"), "{html}");
+}
