@@ -62,8 +62,8 @@ fn csv(verdicts: &[Verdict]) -> String {
             bound(manual, false),
             bound(manual, true),
             v.decided,
-            v.projection.map_or(String::new(), |p| p.starts_at_due.to_string()),
-            v.projection.map_or("", |p| p.decision_at_due.label()),
+            v.projection.as_ref().map_or(String::new(), |p| p.starts_at_due.to_string()),
+            v.projection.as_ref().map_or("", |p| p.decision_at_due.label()),
         );
     }
     s

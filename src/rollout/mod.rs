@@ -318,7 +318,7 @@ impl Decision {
 }
 
 /// What the due-time verdict would be if the rates seen since the phase began continue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Projection {
     /// coordinator.start rows the window judged at the due time would hold: the starts since the
     /// phase began scaled by (due time - phase start) / (now - phase start), both measured from
@@ -329,6 +329,9 @@ pub struct Projection {
     /// ratios seen since the phase began, the circuit trips and error blocks already inside the
     /// due-time window, and the flags as they are. After the due time: the decision now.
     pub decision_at_due: Decision,
+    /// The criteria that judgement fails (not the ones that only wait), in
+    /// [`CriterionKind::ALL`] order; empty unless `decision_at_due` is `no_go`.
+    pub failing_at_due: Vec<CriterionKind>,
 }
 
 /// The verdict, as JSON (docs/verdict.md) and markdown.
@@ -446,6 +449,11 @@ fn due_window<'e>(ev: &'e Evidence, due: UnixMicros, window: &Window) -> (i64, V
     (first, ev.minutes.iter().filter(|m| m.minute >= first).collect())
 }
 
+/// The criteria that fail, not counting those that only wait (`soak_elapsed`, `min_starts`).
+fn failing(criteria: &[Criterion]) -> Vec<CriterionKind> {
+    criteria.iter().filter(|c| !c.pass && !c.name.only_delays()).map(|c| c.name).collect()
+}
+
 /// `decided` and the projection before the due time (`now < due`).
 fn look_ahead(ev: &Evidence, due: UnixMicros, phase: &PhaseState, cx: &Context<'_>) -> (bool, Projection) {
     let (first, inside) = due_window(ev, due, cx.window);
@@ -470,8 +478,8 @@ fn look_ahead(ev: &Evidence, due: UnixMicros, phase: &PhaseState, cx: &Context<'
         elapsed: Some(cx.window.seconds as f64),
         starts_for_min: starts_at_due,
     };
-    let (_, decision_at_due) = judge_counts(&projected, phase, cx);
-    (decided, Projection { starts_at_due, decision_at_due })
+    let (criteria, decision_at_due) = judge_counts(&projected, phase, cx);
+    (decided, Projection { starts_at_due, decision_at_due, failing_at_due: failing(&criteria) })
 }
 
 /// Judges the evidence. `go` when every criterion passes; `pending` when the only failures are time
@@ -495,7 +503,14 @@ pub fn decide(ev: &Evidence, cx: &Context<'_>) -> Verdict {
     let due = cx.phase_started_at.map(|s| s + cx.window.seconds as f64);
     let (decided, projection) = match due {
         None => (false, None),
-        Some(due) if now >= due => (true, Some(Projection { starts_at_due: ev.starts, decision_at_due: decision })),
+        Some(due) if now >= due => (
+            true,
+            Some(Projection {
+                starts_at_due: ev.starts,
+                decision_at_due: decision,
+                failing_at_due: failing(&criteria),
+            }),
+        ),
         Some(due) => {
             let (decided, projection) = look_ahead(ev, UnixMicros::from_seconds(due), cx.phase, cx);
             if decided {
@@ -717,9 +732,15 @@ impl Verdict {
         if let Some(p) = &self.projection {
             let _ = writeln!(
                 s,
-                "| projected at the due time | {} starts, **{}** (if the rates since the phase began continue) |",
+                "| projected at the due time | {} starts, **{}**{} (if the rates since the phase began continue) |",
                 p.starts_at_due,
-                p.decision_at_due.label().to_uppercase()
+                p.decision_at_due.label().to_uppercase(),
+                if p.failing_at_due.is_empty() {
+                    String::new()
+                } else {
+                    let names: Vec<&str> = p.failing_at_due.iter().map(|k| k.label()).collect();
+                    format!(", failing {}", names.join(", "))
+                }
             );
         }
         let confidence = self.criteria.iter().find_map(|c| c.interval).map_or(0.0, |i| i.confidence);
@@ -878,7 +899,8 @@ mod tests {
         let trip = MinuteCounts { minute: minute(2.0 * 3600.0 + 30.0), circuit_opens: 1, ..Default::default() };
         let v = judge_minutes(3.0, with(steady(100, 3.0), trip), Thresholds::default());
         assert_eq!((v.decision, v.decided), (Decision::NoGo, true));
-        assert_eq!(v.projection.unwrap().decision_at_due, Decision::NoGo);
+        let p = v.projection.clone().unwrap();
+        assert_eq!((p.decision_at_due, p.failing_at_due), (Decision::NoGo, vec![CriterionKind::NoCircuitTrips]));
         // The phase's first minute is the due-time window's first minute (edges are minute-aligned).
         let edge = MinuteCounts { minute: minute(0.0), circuit_opens: 1, ..Default::default() };
         assert!(judge_minutes(3.0, with(steady(100, 3.0), edge), Thresholds::default()).decided);
@@ -889,7 +911,7 @@ mod tests {
         let before = MinuteCounts { minute: minute(-60.0), circuit_opens: 1, ..Default::default() };
         let v = judge_minutes(3.0, with(steady(100, 3.0), before), Thresholds::default());
         assert_eq!((v.decision, v.decided), (Decision::NoGo, false), "today's window holds it, the due one will not");
-        assert_eq!(v.projection.unwrap().decision_at_due, Decision::Go);
+        assert_eq!(v.projection.clone().unwrap().decision_at_due, Decision::Go);
     }
 
     #[test]
@@ -913,7 +935,7 @@ mod tests {
     fn at_and_after_the_due_time_the_decision_is_decided_and_the_projection_is_the_present() {
         let v = judge_minutes(48.0, steady(100, 48.0), Thresholds::default());
         assert_eq!((v.decision, v.decided), (Decision::Go, true));
-        let p = v.projection.unwrap();
+        let p = v.projection.clone().unwrap();
         assert_eq!((p.starts_at_due, p.decision_at_due), (v.criteria[0].denominator.unwrap(), Decision::Go));
         // A failing ratio after the due time is a decided no-go too.
         let bad = MinuteCounts { minute: minute(3600.0), starts: 500, ..Default::default() };
@@ -932,14 +954,14 @@ mod tests {
     fn the_projection_continues_the_rates_since_the_phase_began() {
         // 12 h of 50 starts an hour since T0 (and an hour before it, which does not count).
         let v = judge_minutes(12.0, steady(50, 12.0), Thresholds::default());
-        let p = v.projection.unwrap();
+        let p = v.projection.clone().unwrap();
         assert_eq!((v.decision, p.starts_at_due, p.decision_at_due), (Decision::Pending, 2400, Decision::Go));
         let t = Thresholds { min_starts: 2401, ..Thresholds::default() };
         assert_eq!(judge_minutes(12.0, steady(50, 12.0), t).projection.unwrap().decision_at_due, Decision::Pending);
         // Manual reviews at 1% of the starts since the phase began project a no-go.
         let manual = MinuteCounts { minute: minute(7200.0), manual_review: 6, ..Default::default() };
         let v = judge_minutes(12.0, with(steady(50, 12.0), manual), Thresholds::default());
-        assert_eq!((v.decision, v.projection.unwrap().decision_at_due), (Decision::Pending, Decision::NoGo));
+        assert_eq!((v.decision, v.projection.clone().unwrap().decision_at_due), (Decision::Pending, Decision::NoGo));
         // No start since the phase began: nothing to project, pending.
         let p = judge_minutes(0.5, vec![], Thresholds::default()).projection.unwrap();
         assert_eq!((p.starts_at_due, p.decision_at_due), (0, Decision::Pending));

@@ -158,6 +158,7 @@ async fn a_circuit_trip_since_the_phase_began_is_a_decided_no_go_that_rolls_back
     for v in [&cli, &live] {
         assert_eq!((v["decision"].as_str(), v["decided"].as_bool()), (Some("no_go"), Some(false)), "{v:#}");
         assert_eq!(v["projection"]["decision_at_due"], "go", "200 starts in 3 h project 3200 clean ones: {v:#}");
+        assert_eq!(v["projection"]["failing_at_due"], serde_json::json!([]));
     }
     assert_eq!((code, gate, rollback, decided), (1, 412, 412, 0.0));
     // A trip two hours ago, after the phase began, stays in the window until the due time.
@@ -166,6 +167,7 @@ async fn a_circuit_trip_since_the_phase_began_is_a_decided_no_go_that_rolls_back
     for v in [&cli, &live] {
         assert_eq!((v["decision"].as_str(), v["decided"].as_bool()), (Some("no_go"), Some(true)), "{v:#}");
         assert_eq!(v["projection"]["decision_at_due"], "no_go");
+        assert_eq!(v["projection"]["failing_at_due"], serde_json::json!(["no_circuit_trips"]));
         assert_eq!(v["pending_reason"], serde_json::Value::Null);
     }
     assert_eq!((code, gate, rollback, decided), (1, 412, 200, 1.0), "Flagger rolls back 45 h early");

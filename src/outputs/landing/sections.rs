@@ -102,9 +102,15 @@ fn certainty(cur: &Current) -> String {
     match &v.projection {
         Some(p) => format!(
             "<p>Not decided yet. If the rates since the phase began continue: about <b>{}</b> starts and \
-             <b>{}</b> at the due time (the window judged then holds only the phase's own bookings).</p>",
+             <b>{}</b>{} at the due time (the window judged then holds only the phase's own bookings).</p>",
             count(p.starts_at_due),
-            decision_word(p.decision_at_due).0
+            decision_word(p.decision_at_due).0,
+            if p.failing_at_due.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = p.failing_at_due.iter().map(|k| k.title()).collect();
+                format!(" (failing: {})", names.join(", "))
+            }
         ),
         None => String::new(),
     }
