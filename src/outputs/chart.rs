@@ -196,28 +196,26 @@ fn line(svg: &mut String, points: &[(f64, f64)], r: (f64, f64), gap: f64) {
 mod tests {
     use super::*;
 
+    /// A 48 h window from Unix minute 0, the phase begun before it.
+    fn span_48h() -> Span {
+        Span { first_minute: 0, now: UnixMicros::from_seconds(172_800.0), soak_seconds: 172_800, phase_started_at: 0.0 }
+    }
+
+    fn success_panel() -> Panel<'static> {
+        Panel { title: "Success ratio", part: |s| s.confirmed, threshold: 0.97, fails: |v, t| v < t, floor: (0.9, 1.0) }
+    }
+
     fn step(m: i64, starts: u64, confirmed: u64) -> SeriesStep {
         SeriesStep { start_minute: m, starts, confirmed, manual_review: 0 }
     }
 
     #[test]
     fn failing_steps_are_marked_and_counted_in_the_text_alternative() {
-        let span = Span {
-            first_minute: 0,
-            now: UnixMicros::from_seconds(172_800.0),
-            soak_seconds: 172_800,
-            phase_started_at: 0.0,
-        };
+        let span = span_48h();
         // The last step (minutes 2880..2910) holds `now` and is still filling: drawn open, never
         // marked, even at 50%.
         let series = vec![step(0, 100, 99), step(30, 0, 0), step(60, 100, 90), step(2880, 2, 1)];
-        let p = Panel {
-            title: "Success ratio",
-            part: |s| s.confirmed,
-            threshold: 0.97,
-            fails: |v, t| v < t,
-            floor: (0.9, 1.0),
-        };
+        let p = success_panel();
         let svg = panel(&series, &span, &p);
         assert!(
             svg.contains("2 complete steps with starts, 1 of them beyond the 97% threshold; the current step, still filling, at 50% so far"),
@@ -232,25 +230,14 @@ mod tests {
 
     #[test]
     fn gridlines_fall_on_round_percentages() {
-        let p = Panel {
-            title: "Success ratio",
-            part: |s| s.confirmed,
-            threshold: 0.97,
-            fails: |v, t| v < t,
-            floor: (0.9, 1.0),
-        };
+        let p = success_panel();
         let near = |a: f64, b: f64| (a - b).abs() < 1e-12;
         let ((lo, hi), tick) = range(&[], &p);
         assert!(near(lo, 0.9) && near(hi, 1.0) && tick == 0.02, "{lo} {hi} {tick}");
         // The degraded demo's 89.8% .. 97.4% once gave ticks 89.8%, 92.3%, 94.9%, 97.4%.
         let ((lo, hi), tick) = range(&[(0.0, 0.898), (1.0, 0.974)], &p);
         assert!(near(lo, 0.875) && near(hi, 1.0) && tick == 0.025, "{lo} {hi} {tick}");
-        let span = Span {
-            first_minute: 0,
-            now: UnixMicros::from_seconds(172_800.0),
-            soak_seconds: 172_800,
-            phase_started_at: 0.0,
-        };
+        let span = span_48h();
         let svg = panel(&[step(0, 1000, 898), step(30, 1000, 974)], &span, &p);
         for label in [">87.5%<", ">90%<", ">92.5%<", ">95%<", ">97.5%<", ">100%<"] {
             assert!(svg.contains(label), "{label} in {svg}");
