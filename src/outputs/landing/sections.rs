@@ -185,8 +185,12 @@ pub fn progress(cur: &Current) -> String {
         format!("<b>{}</b> remaining, due {}", duration(shown_remaining), instant(due))
     } else {
         // The soak card shows the whole time since the phase began (it may be past the soak).
-        let (began, _) = elapsed_and_remaining(elapsed, f64::MAX);
-        format!("complete since {} (the phase began {} ago)", instant(due), duration(began))
+        let began = duration(elapsed_and_remaining(elapsed, f64::MAX).0);
+        if began == duration(soak) {
+            format!("complete since {}", instant(due))
+        } else {
+            format!("complete since {} (the phase began {began} ago)", instant(due))
+        }
     };
     format!(
         "<section aria-labelledby=\"progress\"><h2 id=\"progress\">Soak progress</h2>\
