@@ -88,8 +88,7 @@ pub fn percent_bounds(low: f64, high: f64) -> String {
 /// A threshold as a percentage with every decimal it has (up to 4, trailing zeros dropped): `97%`,
 /// `3.01%`, `0.5%`; never rounded, so a card never reads "3% ... below 3%".
 pub fn threshold_percent(ratio: f64) -> String {
-    let text = format!("{:.4}", ratio * 100.0);
-    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
+    format!("{}%", trim_zeros(&format!("{:.4}", ratio * 100.0)))
 }
 
 /// `n` and a noun, singular for 1: `1 block`, `0 trips`, `3,456 starts`.

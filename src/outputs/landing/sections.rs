@@ -26,11 +26,6 @@ pub fn runbook_anchor(kind: K) -> Option<&'static str> {
     }
 }
 
-/// A criterion's name in words.
-pub fn criterion_title(kind: K) -> &'static str {
-    kind.title()
-}
-
 fn soak_seconds(cur: &Current) -> f64 {
     cur.rollout_config.soak.seconds as f64
 }
@@ -42,12 +37,8 @@ pub fn banner(cur: &Current) -> String {
     let why = match v.decision {
         Decision::Go => format!("Every criterion passes over the last {}.", escape(&v.window)),
         Decision::NoGo => {
-            let failing: Vec<&str> = v
-                .criteria
-                .iter()
-                .filter(|c| !c.pass && !c.name.only_delays())
-                .map(|c| criterion_title(c.name))
-                .collect();
+            let failing: Vec<&str> =
+                v.criteria.iter().filter(|c| !c.pass && !c.name.only_delays()).map(|c| c.name.title()).collect();
             format!("Failing: {}.", failing.join(", "))
         }
         Decision::Pending => {
@@ -128,11 +119,14 @@ fn how_sure(cur: &Current) -> String {
         .filter(|c| c.evidence == Some(Strength::Inconclusive))
         .filter_map(|c| {
             let i = c.interval?;
+            if c.denominator == Some(0) {
+                return Some(format!("the {} (no bookings yet)", c.name.title().to_lowercase()));
+            }
             Some(format!(
                 "the {} ({} interval {} straddles {}: its {} could be chance)",
-                criterion_title(c.name).to_lowercase(),
+                c.name.title().to_lowercase(),
                 percent(i.confidence, None),
-                bounds(i.low, i.high),
+                percent_bounds(i.low, i.high),
                 threshold_percent(c.threshold),
                 if c.pass { "PASS" } else { "FAIL" }
             ))
@@ -148,11 +142,6 @@ fn how_sure(cur: &Current) -> String {
     }
 }
 
-/// An interval's bounds as percentages ([`percent_bounds`]).
-fn bounds(low: f64, high: f64) -> String {
-    percent_bounds(low, high)
-}
-
 /// The interval of a ratio criterion and whether it settles the comparison, in words.
 fn interval_text(c: &Criterion, decided: bool) -> String {
     let straddles = if decided {
@@ -164,7 +153,7 @@ fn interval_text(c: &Criterion, decided: bool) -> String {
         (Some(i), Some(e)) => format!(
             "<p>{} interval {}: <b>{}</b>{}</p>",
             percent(i.confidence, None),
-            bounds(i.low, i.high),
+            percent_bounds(i.low, i.high),
             e.label(),
             if e == Strength::Inconclusive { straddles } else { "" }
         ),
@@ -402,7 +391,7 @@ pub fn criteria(cur: &Current) -> String {
              <p>Threshold: {threshold}</p>{interval}<p>{margin}</p>{runbook}</article>",
             interval = interval_text(c, cur.rollout.verdict.decided),
             label = c.name.label(),
-            title = criterion_title(c.name),
+            title = c.name.title(),
         );
     }
     out.push_str("</div>");
